@@ -1,0 +1,106 @@
+"""Fields every pretraining config shares, at the paper's values.
+
+Config files in configs/ start from ``pretrain()`` and set what their task and model need; numbers
+derived from these (steps per epoch, learning rate for the batch) are computed in
+``ssl_jax.train.optim.make_plan``, never in a config.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from ssl_jax.jigsaw.tiles import IMAGENET_MEAN, IMAGENET_STD
+
+
+def pretrain() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = "jigsaw"
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "tfds"  # tfds | folder | filelist | demo
+    c.data.name = "imagenet2012"  # TFDS name (source=tfds)
+    c.data.split = "train"
+    c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir
+    c.data.path = ""  # image folder or file list (source=folder|filelist)
+    c.data.shuffle_buffer = 10_000  # element shuffle for TFDS records
+    c.data.num_parallel_calls = -1  # -1: tf.data AUTOTUNE
+    c.data.prefetch = 2  # batches prefetched on the host
+    c.data.demo_size = 2048  # images of the built-in demo set (source=demo)
+    c.data.cache_decoded = False
+
+    c.input = ml_collections.ConfigDict()
+    c.input.resize_short = 256
+    c.input.crop = 255
+    c.input.flip = True
+    c.input.mean = IMAGENET_MEAN
+    c.input.std = IMAGENET_STD
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet"  # resnet | alexnet
+    c.model.depth = 50  # 18, 34, 50, 101, 152
+    c.model.width = 1.0  # channel multiplier
+    c.model.res5_stride = 2
+    c.model.alexnet_variant = "jigsaw"
+    c.model.bn_group_size = 32  # images per BatchNorm group (the paper's per-GPU batch)
+    c.model.dtype = "auto"  # activations: bfloat16 on GPU/TPU, float32 on CPU; params float32
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.batch_size = 256
+    c.optim.base_lr = 0.1  # for base_batch_size images; scaled linearly with batch_size
+    c.optim.base_batch_size = 256
+    c.optim.momentum = 0.9
+    c.optim.nesterov = False
+    c.optim.weight_decay = 1e-4  # not on BatchNorm parameters
+    c.optim.warmup_epochs = 5.0
+    c.optim.warmup_start_lr = 0.025  # for base_batch_size images, scaled like base_lr
+    c.optim.epochs = 105.0
+    c.optim.decay_epochs = (30.0, 60.0, 90.0, 100.0)
+    c.optim.decay_factor = 0.1
+
+    c.train = ml_collections.ConfigDict()
+    c.train.log_every = 50  # steps between metrics.jsonl rows
+    c.train.checkpoint_every = 1000  # steps between checkpoints (a multiple of log_every)
+    c.train.keep_checkpoints = 3
+    c.train.stop_after_steps = ml_collections.FieldReference(None, field_type=int)
+    c.train.progress_bar = True
+    c.train.multihost = False  # call jax.distributed.initialize() (also: env SSL_JAX_MULTIHOST=1)
+    return c
+
+
+def jigsaw(num_perms: int, tile_features: int, hidden_features: int) -> ml_collections.ConfigDict:
+    """The Jigsaw fields (PROTOCOLS.md): puzzle geometry, permutation set, head widths."""
+    j = ml_collections.ConfigDict()
+    j.num_perms = num_perms  # |P|
+    j.perm_method = "max_avg"  # greedy selection: max_avg | max_min
+    j.perm_seed = 0  # seed of the first, random permutation
+    j.perm_file = ""  # a published .npy set instead (1- or 0-based); must hold num_perms rows
+    j.grid = 3  # 3x3 puzzle
+    j.cell = 85  # pixels per grid cell (3 x 85 = 255 crop)
+    j.tile = 64  # tile size; its offset inside the cell is random in [0, cell - tile)
+    j.gray_prob = 0.66  # whole-puzzle grayscale probability
+    j.tile_features = tile_features  # per-tile fc width
+    j.hidden_features = hidden_features  # fc after concatenation (0: none)
+    j.head_bn = True
+    return j
+
+
+def runlocal_data(c: ml_collections.ConfigDict) -> None:
+    """Switches a config to the built-in demo images."""
+    c.data.source = "demo"
+    c.data.cache_decoded = True
+
+
+def runlocal_puzzle(c: ml_collections.ConfigDict) -> None:
+    """A half-size 3x3 puzzle and a short schedule, for CPU demos and tests."""
+    c.input.resize_short = 128
+    c.input.crop = 111
+    c.jigsaw.cell = 37
+    c.jigsaw.tile = 32
+    c.model.bn_group_size = 16
+    c.optim.batch_size = 32
+    c.optim.epochs = 10.0
+    c.optim.warmup_epochs = 1.0
+    c.optim.decay_epochs = (8.0,)
+    c.train.log_every = 10
+    c.train.checkpoint_every = 100
