@@ -1,0 +1,43 @@
+"""Pretraining input: sources (TFDS, image folder, file list, built-in demo) and the pipeline.
+
+    source = make_source(config.data)            # source.num_examples defines an epoch
+    batches = pretrain_iterator(config.data, config.input, local_batch_size=B, seed=config.seed,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count(), start=None, source=source)
+    batch = next(batches)  # image (B, crop, crop, 3) uint8, label, epoch, index
+    skip_counts()          # {"truncated": 3, "not_image": 1, ...} images skipped so far
+"""
+
+from ssl_jax.data.decode import SKIP_REASONS, reset_skip_counts, skip_counts
+from ssl_jax.data.pipeline import pretrain_dataset, pretrain_iterator, resize_crop_flip
+from ssl_jax.data.sources import (
+    SOURCES,
+    DemoSource,
+    FileSource,
+    Source,
+    TfdsSource,
+    demo_source,
+    filelist_source,
+    folder_source,
+    make_source,
+    tfds_source,
+)
+
+__all__ = [
+    "SKIP_REASONS",
+    "SOURCES",
+    "DemoSource",
+    "FileSource",
+    "Source",
+    "TfdsSource",
+    "demo_source",
+    "filelist_source",
+    "folder_source",
+    "make_source",
+    "pretrain_dataset",
+    "pretrain_iterator",
+    "reset_skip_counts",
+    "resize_crop_flip",
+    "skip_counts",
+    "tfds_source",
+]

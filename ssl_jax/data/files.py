@@ -1,0 +1,206 @@
+"""Images named by path: an image folder ("folder") or a text file of paths ("filelist").
+
+Local paths and any URL tf.io.gfile understands (gs://...) work. The records are sorted (folder)
+or kept in list order (file list), a fixed order independent of the seed; process p of n takes
+records p, p + n, p + 2n, ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import posixpath
+
+import numpy as np
+import tensorflow as tf
+
+from ssl_jax.data import decode as decode_lib
+from ssl_jax.data import records
+
+_log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FileSource:
+    """Images named by path: an image folder ("folder") or a text file of paths ("filelist").
+
+    Attributes:
+        kind: "folder" or "filelist".
+        location: the folder or list it came from (config.data.path).
+        paths: (N,) object array of UTF-8 encoded paths, in a fixed, seed-independent order.
+        labels: (N,) int32, -1 where unlabelled.
+        class_names: folder class names in label order; None for a file list or a flat folder.
+    """
+
+    kind: str
+    location: str
+    paths: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...] | None
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.paths)
+
+    def shard_size(self, process_index: int, process_count: int) -> int:
+        return len(range(process_index, self.num_examples, process_count))
+
+    def epoch_records(
+        self, epoch: tf.Tensor, first: tf.Tensor, *, seed: int, process_index: int,
+        process_count: int, shuffle_buffer: int,
+    ) -> tf.data.Dataset:
+        del shuffle_buffer  # the whole shard is permuted
+        records.check_shard(
+            self.shard_size(process_index, process_count), self.num_examples, process_index,
+            process_count, f"{self.kind} {self.location}",
+        )
+        columns = {
+            "path": self.paths[process_index::process_count],
+            "label": self.labels[process_index::process_count],
+        }
+        return records.array_epoch(columns, epoch, first, seed, process_index)
+
+    def decode(self, record, *, min_short: int, watch=None, cache=None):
+        return decode_lib.tf_decode(
+            record["path"], record["path"], is_path=True, min_short=min_short, watch=watch,
+            cache=cache,
+        )
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _has_image_extension(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _walk(root: str):
+    """os.walk for local folders (fast), tf.io.gfile.walk for gs:// and other URLs."""
+    if _is_url(root):
+        for dirpath, dirnames, filenames in tf.io.gfile.walk(root):
+            yield dirpath.rstrip("/"), dirnames, filenames
+    else:
+        yield from os.walk(root, followlinks=True)
+
+
+def _join(root: str, *parts: str) -> str:
+    return posixpath.join(root, *parts) if _is_url(root) else os.path.join(root, *parts)
+
+
+def _list_images(root: str) -> list[str]:
+    """Every image file under root, recursively; hidden files and folders (".x") are ignored."""
+    found = []
+    for dirpath, dirnames, filenames in _walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(
+            _join(dirpath, f) for f in filenames
+            if not f.startswith(".") and _has_image_extension(f)
+        )
+    return found
+
+
+def folder_source(path: str) -> FileSource:
+    """All images under `path`; labels from class subfolders when there are any.
+
+    Layout rule (as torchvision's ImageFolder): if any non-hidden subfolder of `path` holds an
+    image (at any depth), every non-hidden subfolder is a class, labelled by its rank in sorted
+    name order, and its images (at any depth) get that label. Images lying directly in `path`
+    next to class folders get label -1 (with a warning). With no such subfolder the folder is
+    flat and every label is -1. Collections sharded into numbered subfolders (YFCC style) would
+    look like classes: give those as a file list.
+    """
+    root = path.rstrip("/") if len(path) > 1 else path
+    if not tf.io.gfile.isdir(root):
+        raise FileNotFoundError(
+            f"config.data.path={path!r} is not a folder (config.data.source='folder' needs a "
+            "folder of images, flat or with one subfolder per class)."
+        )
+    files = sorted(_list_images(root))
+    if not files:
+        raise ValueError(
+            f"No image files under config.data.path={path!r} (looked recursively for "
+            f"{', '.join(IMAGE_EXTENSIONS)}, any case)."
+        )
+    prefix = _join(root, "")
+    subfolders = sorted(
+        d.rstrip("/") for d in tf.io.gfile.listdir(root)
+        if not d.startswith(".") and tf.io.gfile.isdir(_join(root, d.rstrip("/")))
+    )
+    relative = [f[len(prefix):] for f in files]
+    in_subfolder = [os.sep in r or "/" in r for r in relative]
+    if not any(in_subfolder):
+        labels = np.full(len(files), -1, np.int32)
+        class_names = None
+    else:
+        class_index = {name: i for i, name in enumerate(subfolders)}
+        top = [r.replace(os.sep, "/").split("/", 1)[0] if sub else None
+               for r, sub in zip(relative, in_subfolder, strict=True)]
+        labels = np.asarray([class_index.get(t, -1) for t in top], np.int32)
+        class_names = tuple(subfolders)
+        loose = int(np.sum(labels < 0))
+        if loose:
+            _log.warning(
+                "%d images lie directly in %s next to %d class folders: they get label -1.",
+                loose, path, len(subfolders),
+            )
+    return FileSource(
+        kind="folder",
+        location=path,
+        paths=np.asarray([f.encode("utf-8") for f in files], dtype=object),
+        labels=labels,
+        class_names=class_names,
+    )
+
+
+def parse_file_list(text: str, list_path: str) -> tuple[list[str], list[int]]:
+    """Parses a file list: one path per line, optionally whitespace and an integer label.
+
+    Blank lines and lines starting with '#' are ignored. Relative paths are resolved against the
+    list's folder. A path that itself ends in whitespace and an integer must carry a label.
+
+    Returns:
+        (paths, labels), labels -1 where a line has none.
+    """
+    base = posixpath.dirname(list_path) if _is_url(list_path) else os.path.dirname(list_path)
+    paths, labels = [], []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        label = -1
+        parts = line.rsplit(None, 1)
+        if len(parts) == 2:
+            try:
+                label = int(parts[1])
+                line = parts[0].rstrip()
+            except ValueError:
+                pass
+        if not (_is_url(line) or os.path.isabs(line)):
+            line = _join(base, line)
+        paths.append(line)
+        labels.append(label)
+    return paths, labels
+
+
+def filelist_source(path: str) -> FileSource:
+    """Images listed in the text file `path` (local or gs://); see `parse_file_list`."""
+    if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
+        raise FileNotFoundError(
+            f"config.data.path={path!r} is not a file (config.data.source='filelist' needs a "
+            "text file with one image path per line, optionally followed by an integer label)."
+        )
+    with tf.io.gfile.GFile(path, "r") as f:
+        paths, labels = parse_file_list(f.read(), path)
+    if not paths:
+        raise ValueError(f"The file list config.data.path={path!r} names no images.")
+    return FileSource(
+        kind="filelist",
+        location=path,
+        paths=np.asarray([p.encode("utf-8") for p in paths], dtype=object),
+        labels=np.asarray(labels, np.int32),
+        class_names=None,
+    )
