@@ -1,0 +1,71 @@
+"""The seam between the trainer and a pretext task.
+
+A pretext task is a module ``ssl_jax.<task>.task`` with
+
+- ``SCHEMA``: allowed values of its own config fields (see ``ssl_jax.config_lib``);
+- ``build(config) -> Pretext``: its network (trunk + head), how a batch becomes inputs and
+  targets on device, and its loss.
+
+The trainer knows nothing else about the task.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ssl_jax import config_lib
+
+TASKS = {
+    "jigsaw": "ssl_jax.jigsaw.task",
+    "colorization": "ssl_jax.colorization.task",
+}
+
+
+class Pretext(NamedTuple):
+    """What the trainer needs from a pretext task.
+
+    model: ``apply(variables, inputs, train=...) -> (outputs, taps)``.
+    example_inputs: a small batch of inputs (shapes and dtypes) to initialise the model with.
+    prepare: ``(rng, batch) -> (inputs, targets)``, runs on device inside the jitted step; ``batch``
+      holds the pipeline's arrays (``image`` uint8 (B, H, W, 3), ...).
+    loss: ``(outputs, targets) -> (scalar loss, dict of scalar metrics)``.
+    """
+
+    model: nn.Module
+    example_inputs: jax.Array
+    prepare: Callable[[jax.Array, dict[str, jax.Array]], tuple[Any, Any]]
+    loss: Callable[[Any, Any], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def task_module(name: str):
+    if name not in TASKS:
+        raise config_lib.ConfigError(
+            f"config.task={name!r} is not a known task; allowed: {sorted(TASKS)}."
+        )
+    return importlib.import_module(TASKS[name])
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """All config checks, shared and task-specific; raises ConfigError before anything compiles."""
+    module = task_module(config.task)
+    config_lib.validate(config, extra=getattr(module, "SCHEMA", None))
+    if hasattr(module, "check_config"):
+        module.check_config(config)
+
+
+def build(config: ml_collections.ConfigDict) -> Pretext:
+    return task_module(config.task).build(config)
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """The dtype of activations: 'auto' is bfloat16 on GPU/TPU and float32 on CPU."""
+    if name == "auto":
+        return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+    return jnp.dtype(name)
