@@ -1,0 +1,93 @@
+"""Entry point of pretraining.
+
+  python -m ssl_jax.main --config=configs/X.py[:arg] --workdir=W [--config.k=v ...]
+
+Flags:
+  --config=PATH[:ARG]   a config file and its argument string (see ssl_jax/config_lib.py).
+  --workdir=DIR         where checkpoints, metrics.jsonl, TensorBoard logs and config.json go;
+                        rerunning the same command in the same workdir resumes.
+  --config.KEY=VALUE    overrides one field, e.g. --config.optim.batch_size=512.
+  --multihost           call jax.distributed.initialize() first (also: SSL_JAX_MULTIHOST=1, or
+                        config.train.multihost=True), for TPU pods and multi-node GPU jobs.
+  --print_config        print the resolved config and exit without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from ssl_jax import config_lib
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m ssl_jax.main", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--workdir", required=False, default=None)
+    parser.add_argument("--multihost", action="store_true")
+    parser.add_argument("--print_config", action="store_true")
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    for item in rest:
+        if not item.startswith("--config."):
+            parser.error(f"unrecognised argument {item!r}; overrides look like --config.key=value")
+        key, sep, value = item[len("--config.") :].partition("=")
+        if not sep:
+            parser.error(f"{item!r} needs a value: --config.{key}=VALUE")
+        overrides.append((key, value))
+    if args.workdir is None and not args.print_config:
+        parser.error("--workdir is required")
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
+    for noisy in ("absl", "orbax", "jax._src", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        config = config_lib.load_config(args.config)
+        config_lib.apply_overrides(config, overrides)
+        from ssl_jax import tasks
+
+        tasks.validate(config)
+    except config_lib.ConfigError as e:
+        print(f"Config error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(config)
+        return 0
+
+    multihost = (
+        args.multihost or os.environ.get("SSL_JAX_MULTIHOST") == "1" or config.train.multihost
+    )
+    import jax
+
+    if multihost:
+        jax.distributed.initialize()
+    from ssl_jax.train import TrainingDiverged, train
+
+    os.makedirs(args.workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(args.workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    try:
+        train(config, args.workdir)
+    except TrainingDiverged as e:
+        logging.error("%s", e)
+        return 1
+    except (FileNotFoundError, config_lib.ConfigError) as e:
+        # Data and shape problems found at start-up carry a message that says what to change.
+        logging.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Where training metrics go: W/metrics.jsonl, TensorBoard, and a progress bar on process 0."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricsWriter:
+    """Appends one JSON row per log step and mirrors scalars to TensorBoard (process 0 only).
+
+    On resume from step ``start_step``, rows logged after that step by the interrupted run are
+    dropped, so the file reads as if the run had never stopped.
+    """
+
+    def __init__(self, workdir: str, start_step: int, tensorboard: bool = True):
+        self.active = jax.process_index() == 0
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self._tb = None
+        if not self.active:
+            return
+        rows = [r for r in read_metrics(workdir) if r.get("step", 0) <= start_step]
+        with open(self.path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(self.path + ".tmp", self.path)
+        if tensorboard:
+            import tensorflow as tf
+
+            self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.active:
+            return
+        row = {"step": int(step)}
+        row.update({k: _plain(v) for k, v in scalars.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            import tensorflow as tf
+
+            with self._tb.as_default(step=int(step)):
+                for key, value in row.items():
+                    if key != "step" and isinstance(value, (int, float)):
+                        tf.summary.scalar(key, value)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class Progress:
+    """A progress bar with ETA and images/s, on process 0 and only when enabled."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self._bar = None
+        if enabled and jax.process_index() == 0:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total,
+                initial=initial,
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stderr,
+                mininterval=1.0,
+                smoothing=0.1,
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self._bar is not None
+
+    def update(self, steps: int = 1, **postfix: Any) -> None:
+        if self._bar is None:
+            return
+        if postfix:
+            self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(steps)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

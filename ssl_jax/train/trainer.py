@@ -1,0 +1,278 @@
+"""The one pretraining loop, for every pretext task.
+
+Reads top to bottom: mesh, data, task (model, targets, loss), optimizer, state and shardings, the
+jitted update step, then the loop with its log / checkpoint / stop gates. The task module is the
+only thing that differs between Jigsaw and Colorization.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ssl_jax import config_lib, tasks
+from ssl_jax import data as data_lib
+from ssl_jax.train import checkpoint as ckpt_lib
+from ssl_jax.train import metrics as metrics_lib
+from ssl_jax.train import optim as optim_lib
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh over every device of every process; the batch is split along 'data'."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def check_batch(batch_size: int, mesh: Mesh) -> int:
+    """The per-process batch; the global batch must split evenly over processes and devices."""
+    devices, processes = mesh.size, jax.process_count()
+    if batch_size % devices or batch_size % processes:
+        raise config_lib.ConfigError(
+            f"config.optim.batch_size={batch_size} does not split evenly over {devices} devices "
+            f"in {processes} processes; use a multiple of {devices}."
+        )
+    return batch_size // processes
+
+
+def init_state(config, pretext: tasks.Pretext, tx, rng: jax.Array) -> dict[str, Any]:
+    variables = pretext.model.init(rng, pretext.example_inputs, train=False)
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    return {
+        "params": params,
+        "batch_stats": batch_stats,
+        "opt_state": tx.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.PRNGKey(config.seed + 1),
+    }
+
+
+def make_train_step(pretext: tasks.Pretext, tx, schedule):
+    """(state, batch) -> (state, metrics); batch holds global arrays sharded along 'data'."""
+
+    def train_step(state, batch):
+        step_rng = jax.random.fold_in(state["rng"], state["step"])
+        inputs, targets = pretext.prepare(step_rng, batch)
+
+        def loss_fn(params):
+            (outputs, _), updates = pretext.model.apply(
+                {"params": params, "batch_stats": state["batch_stats"]},
+                inputs,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            loss, metrics = pretext.loss(outputs, targets)
+            return loss, (metrics, updates.get("batch_stats", {}))
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, (metrics, batch_stats)), grads = grad_fn(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = jax.tree.map(lambda p, u: p + u, state["params"], updates)
+        metrics = dict(metrics, lr=schedule(state["step"]))
+        new_state = {
+            "params": params,
+            "batch_stats": batch_stats,
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+            "rng": state["rng"],
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+class _StopSignal:
+    """Turns SIGTERM (preemption) into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint and stopping after this step.")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Pretrains ``config.task`` in ``workdir``, resuming from its latest checkpoint if any.
+
+    Returns the last logged metrics.
+    """
+    tasks.validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = make_mesh()
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+    local_batch = check_batch(config.optim.batch_size, mesh)
+
+    # Data: only its size is needed before the iterator is opened at the resume position.
+    source = data_lib.make_source(config.data)
+    plan = optim_lib.make_plan(config.optim, source.num_examples)
+    logging.info(
+        "%d images, %d steps per epoch, %d steps; lr %.4g (batch %d), warm-up %d steps from %.4g",
+        plan.num_examples,
+        plan.steps_per_epoch,
+        plan.total_steps,
+        plan.peak_lr,
+        plan.batch_size,
+        plan.warmup_steps,
+        plan.warmup_start_lr,
+    )
+
+    # Task, optimizer, state. Initialisation is jitted straight into the replicated sharding.
+    pretext = tasks.build(config)
+    schedule = optim_lib.make_schedule(plan, config.optim.decay_factor)
+    init_rng = jax.random.PRNGKey(config.seed)
+    variables_shape = jax.eval_shape(
+        lambda: pretext.model.init(init_rng, pretext.example_inputs, train=False)
+    )
+    tx = optim_lib.make_optimizer(config.optim, schedule, variables_shape.get("batch_stats", {}))
+    state = jax.jit(lambda rng: init_state(config, pretext, tx, rng), out_shardings=replicated)(
+        init_rng
+    )
+    num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    logging.info("%s: %.2fM parameters", config.task, num_params / 1e6)
+
+    checkpoints = ckpt_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints)
+    start_step, start_position = 0, None
+    latest = checkpoints.latest_step()
+    if latest is not None:
+        state, positions = checkpoints.restore(latest, ckpt_lib.abstract_like(state))
+        start_step = int(jax.device_get(state["step"]))
+        start_position = ckpt_lib.process_position(positions, start_step, local_batch)
+        logging.info("Resumed from the checkpoint at step %d in %s", start_step, workdir)
+
+    batches = data_lib.pretrain_iterator(
+        config.data,
+        config.input,
+        local_batch_size=local_batch,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        start=start_position,
+        source=source,
+    )
+    train_step = jax.jit(
+        make_train_step(pretext, tx, schedule),
+        in_shardings=(replicated, batch_sharding),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+
+    end_step = plan.total_steps
+    if config.train.stop_after_steps:
+        end_step = min(end_step, config.train.stop_after_steps)
+    writer = metrics_lib.MetricsWriter(workdir, start_step)
+    progress = metrics_lib.Progress(plan.total_steps, start_step, config.train.progress_bar)
+    position = np.asarray(start_position or (0, -1), np.int64)
+    last = {}
+    pending: list[dict[str, jax.Array]] = []
+    step = start_step
+    window_start, window_steps = None, 0
+    with _StopSignal() as stop:
+        while step < end_step:
+            local = next(batches)
+            position = np.asarray([local["epoch"][-1], local["index"][-1]], np.int64)
+            batch = {
+                "image": jax.make_array_from_process_local_data(batch_sharding, local["image"])
+            }
+            state, step_metrics = train_step(state, batch)
+            pending.append(step_metrics)
+            step += 1
+            if window_start is None:  # the first step includes compilation: time from its end
+                jax.block_until_ready(step_metrics)
+                window_start, window_steps = time.perf_counter(), 0
+            else:
+                window_steps += 1
+            progress.update(1)
+
+            stopping = step >= end_step or _stop_requested(stop, step, config)
+            if step % config.train.log_every == 0 or stopping:
+                last = _log(pending, step, plan, window_start, window_steps, writer, progress)
+                pending, window_start, window_steps = [], time.perf_counter(), 0
+                if not all(_finite(v) for k, v in last.items() if k in ("loss",)):
+                    latest = checkpoints.latest_step()
+                    checkpoints.close()
+                    raise TrainingDiverged(
+                        f"The loss became {last['loss']} by step {step}. The last good checkpoint "
+                        f"is step {latest} in {checkpoints.directory}. Lower the learning rate "
+                        "(config.optim.base_lr) or check the data, then rerun to resume."
+                    )
+                if step % config.train.checkpoint_every == 0 or stopping:
+                    positions = _gather_positions(position)
+                    checkpoints.save(step, state, positions)
+            if stopping:
+                break
+    checkpoints.close()
+    progress.close()
+    writer.close()
+    if stop.requested:
+        logging.warning(
+            "Stopped by SIGTERM at step %d; checkpoint saved. Run the same command to resume.", step
+        )
+    return last
+
+
+def _stop_requested(stop: _StopSignal, step: int, config) -> bool:
+    if jax.process_count() == 1:
+        return stop.requested
+    # Every process must stop at the same step: agree at log steps.
+    if step % config.train.log_every:
+        return False
+    flags = multihost_utils.process_allgather(np.asarray(stop.requested))
+    return bool(np.any(flags))
+
+
+def _gather_positions(position: np.ndarray) -> np.ndarray:
+    if jax.process_count() == 1:
+        return position[None]
+    return np.asarray(multihost_utils.process_allgather(position))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _log(pending, step, plan, window_start, window_steps, writer, progress) -> dict[str, float]:
+    """Averages the window's per-step metrics, adds throughput and bookkeeping, writes a row."""
+    fetched = jax.device_get(pending)
+    scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    scalars["lr"] = float(fetched[-1]["lr"])
+    if window_start is not None and window_steps > 0:
+        elapsed = time.perf_counter() - window_start
+        scalars["images_per_sec"] = window_steps * plan.batch_size / elapsed
+    scalars["epoch"] = plan.epoch(step)
+    skipped = data_lib.skip_counts()
+    if skipped:
+        scalars["skipped_images"] = int(sum(skipped.values()))
+    writer.write(step, scalars)
+    shown = {k: f"{v:.4g}" for k, v in scalars.items() if k in ("loss", "top1", "images_per_sec")}
+    progress.update(0, **shown)
+    if not progress.enabled:
+        logging.info("step %d: %s", step, shown)
+    return scalars
