@@ -34,7 +34,7 @@ def get_config(arg=None):
         c.data.source, c.data.path = "filelist", arg.filelist
     if arg.runlocal:
         config_defaults.runlocal_data(c)
-        config_defaults.runlocal_puzzle(c)
+        config_defaults.runlocal_puzzle(c, half_size=False)
         c.model.width = 0.25 if arg.width == 1.0 else arg.width
         c.jigsaw.num_perms = 100 if arg.perms == 2000 else arg.perms
         c.jigsaw.tile_features = 256

@@ -86,17 +86,22 @@ def jigsaw(num_perms: int, tile_features: int, hidden_features: int) -> ml_colle
 
 
 def runlocal_data(c: ml_collections.ConfigDict) -> None:
-    """Switches a config to the built-in demo images."""
-    c.data.source = "demo"
-    c.data.cache_decoded = True
+    """Switches a config to the built-in demo images, unless it already names a folder or list."""
+    if c.data.source == "tfds":
+        c.data.source = "demo"
 
 
-def runlocal_puzzle(c: ml_collections.ConfigDict) -> None:
-    """A half-size 3x3 puzzle and a short schedule, for CPU demos and tests."""
-    c.input.resize_short = 128
-    c.input.crop = 111
-    c.jigsaw.cell = 37
-    c.jigsaw.tile = 32
+def runlocal_puzzle(c: ml_collections.ConfigDict, half_size: bool = True) -> None:
+    """A short schedule, and optionally a half-size 3x3 puzzle, for CPU demos and tests.
+
+    The half-size puzzle (111-pixel crop, 37-pixel cells, 32-pixel tiles) suits ResNets; AlexNet's
+    stride-2 11x11 conv1 and three pools need the paper's 64-pixel tiles.
+    """
+    if half_size:
+        c.input.resize_short = 128
+        c.input.crop = 111
+        c.jigsaw.cell = 37
+        c.jigsaw.tile = 32
     c.model.bn_group_size = 16
     c.optim.batch_size = 32
     c.optim.epochs = 10.0

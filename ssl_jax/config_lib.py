@@ -310,6 +310,12 @@ def validate(
                 f"config.data.source={config.data.source!r} needs config.data.path: "
                 f"--config.data.path={example}"
             )
+    if "input.crop" in keys and config.input.crop > config.input.resize_short:
+        raise ConfigError(
+            f"config.input.crop={config.input.crop} is larger than "
+            f"config.input.resize_short={config.input.resize_short}; the crop must fit in the "
+            "resized image."
+        )
     if "optim.decay_epochs" in keys and config.optim.decay_epochs:
         if config.optim.decay_epochs[-1] > config.optim.epochs:
             raise ConfigError(

@@ -19,7 +19,10 @@ import logging
 import os
 import sys
 
-from ssl_jax import config_lib
+# TensorFlow only feeds the input pipeline; keep its C++ start-up chatter out of the run's log.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from ssl_jax import config_lib  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:

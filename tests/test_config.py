@@ -104,6 +104,10 @@ def test_cross_field_checks():
     with pytest.raises(config_lib.ConfigError, match="config.jigsaw.tile=90"):
         tasks.validate(c)
     c = config_lib.load_config(R50)
+    config_lib.apply_overrides(c, [("input.crop", "300")])
+    with pytest.raises(config_lib.ConfigError, match="config.input.resize_short=256"):
+        tasks.validate(c)
+    c = config_lib.load_config(R50)
     config_lib.apply_overrides(c, [("data.source", "folder")])
     with pytest.raises(config_lib.ConfigError, match="config.data.path"):
         tasks.validate(c)

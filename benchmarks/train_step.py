@@ -1,0 +1,658 @@
+"""Times the Jigsaw train step (ResNet-50 and AlexNet) against the same network in PyTorch.
+
+Usage:
+  python benchmarks/train_step.py [--models resnet50,alexnet] [--batch_sizes 8,16,32]
+      [--steps N] [--dtype auto|float32|bfloat16] [--width 1.0] [--num_perms 2000] [--no_torch]
+      [--out benchmarks/results/train_step.json]
+
+JAX side: the library's own step, built as the trainer builds it: the config file
+(configs/jigsaw_r50.py or configs/jigsaw_alexnet.py) with overrides for the batch, compute dtype,
+width and |P|; tasks.build, optim.make_plan / make_schedule / make_optimizer for ImageNet-1k's
+1,281,167 images; trainer.init_state; jax.jit(trainer.make_train_step(...), donate_argnums=0).
+Its input is a batch of random uint8 crops (B, 255, 255, 3) already on the device, so puzzle
+making (tile cutting at random offsets, grayscale, normalisation, permutation) is inside the step,
+as in training. config.model.bn_group_size stays at the paper's 32 images where the batch is a
+multiple of 32; a smaller batch is one group.
+
+PyTorch side: the same network written in torch (ResNet-50 v1.5 or the CFN AlexNet trunk, the
+same siamese head with BatchNorm over the same groups of images), the same puzzle making from the
+same uint8 (B, 255, 255, 3) crops, softmax cross-entropy, SGD with momentum 0.9 and weight decay
+1e-4 off BatchNorm; forward, backward and optimizer step. Both memory formats
+(torch.channels_last and contiguous NCHW) are timed for one step and the faster one is used.
+
+Timing: compilation and one warm-up step per side are excluded. Then the timed steps alternate
+JAX, PyTorch, JAX, PyTorch, ... (each blocked until done), so both sides see the same load on a
+shared machine; ms/step is the median. FLOPs per step come from XLA's cost analysis of the
+compiled JAX step (forward, backward, optimizer and puzzle making); the same count is used for
+the PyTorch row, which does the same work. An analytic forward count (2 x multiply-adds of every
+conv and fully-connected layer, from the torch model's output shapes) is printed as a check. The
+machine's matmul FLOP/s is measured in the same run (a jitted 2048 x 2048 jnp.dot, and torch.mm
+for reference) and the achieved FLOP/s is given as a fraction of the JAX matmul figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssl_jax import config_lib, tasks  # noqa: E402
+from ssl_jax.jigsaw import tiles as tiles_lib  # noqa: E402
+from ssl_jax.jigsaw.task import load_permutation_set  # noqa: E402
+from ssl_jax.train import optim, trainer  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {"resnet50": "configs/jigsaw_r50.py", "alexnet": "configs/jigsaw_alexnet.py"}
+IMAGENET_TRAIN = 1_281_167
+CROP = 255
+BN_GROUP = 32  # images per BatchNorm group: config.model.bn_group_size of the paper configs
+CPU_BATCHES = {"resnet50": (4, 8, 16), "alexnet": (8, 16, 32)}
+GPU_BATCHES = {"resnet50": (32, 64, 128, 256), "alexnet": (32, 64, 128, 256)}
+CPU_STEPS, GPU_STEPS = 3, 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine
+
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [d.device_kind for d in jax.devices()],
+        "date": datetime.date.today().isoformat(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        info["torch_cuda"] = torch.cuda.is_available()
+    except ImportError:
+        info["torch"] = None
+    try:
+        info["loadavg_start"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+def _median_time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype: str, n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of a jitted n x n jnp.dot on the default device (median of reps, after warm-up)."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.dtype(dtype))
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.dtype(dtype))
+    dot = jax.jit(jnp.dot)
+    dot(a, b).block_until_ready()
+    return 2 * n**3 / _median_time(lambda: dot(a, b).block_until_ready(), reps)
+
+
+def torch_matmul_peak(device, dtype, n: int = 2048, reps: int = 10) -> float:
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    _sync(device)
+
+    def run():
+        torch.mm(a, b)
+        _sync(device)
+
+    return 2 * n**3 / _median_time(run, reps)
+
+
+def _sync(device) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------------
+# JAX: the library's train step
+
+
+def jax_config(model: str, batch: int, dtype: str, width: float, num_perms: int):
+    config = config_lib.load_config(os.path.join(ROOT, CONFIGS[model]))
+    group = BN_GROUP if batch % BN_GROUP == 0 else batch
+    config_lib.apply_overrides(
+        config,
+        [
+            ("optim.batch_size", str(batch)),
+            ("model.dtype", dtype),
+            ("model.width", str(width)),
+            ("model.bn_group_size", str(group)),
+            ("jigsaw.num_perms", str(num_perms)),
+        ],
+    )
+    tasks.validate(config)
+    return config
+
+
+class JaxStep:
+    """The compiled train step, its state and a batch of uint8 crops on the device."""
+
+    def __init__(self, config, batch: int):
+        pretext = tasks.build(config)
+        plan = optim.make_plan(config.optim, IMAGENET_TRAIN)
+        schedule = optim.make_schedule(plan, config.optim.decay_factor)
+        init_rng = jax.random.PRNGKey(config.seed)
+        shapes = jax.eval_shape(
+            lambda: pretext.model.init(init_rng, pretext.example_inputs, train=False)
+        )
+        tx = optim.make_optimizer(config.optim, schedule, shapes.get("batch_stats", {}))
+        self.state = jax.jit(lambda rng: trainer.init_state(config, pretext, tx, rng))(init_rng)
+        self.num_params = int(sum(x.size for x in jax.tree.leaves(self.state["params"])))
+        images = jax.random.randint(jax.random.PRNGKey(2), (batch, CROP, CROP, 3), 0, 256)
+        self.batch = {"image": images.astype(jnp.uint8)}
+        step = jax.jit(trainer.make_train_step(pretext, tx, schedule), donate_argnums=0)
+        start = time.perf_counter()
+        self.compiled = step.lower(self.state, self.batch).compile()
+        self.compile_s = time.perf_counter() - start
+        self.flops = _cost(self.compiled, "flops")
+        self.bytes = _cost(self.compiled, "bytes accessed")
+
+    def __call__(self) -> None:
+        self.state, metrics = self.compiled(self.state, self.batch)
+        jax.block_until_ready((self.state, metrics))
+
+
+def _cost(compiled, key: str) -> float | None:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # one dict per program in some JAX versions
+        analysis = analysis[0] if analysis else None
+    if not analysis or key not in analysis:
+        return None
+    return float(analysis[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch: the same network, puzzle making, loss and optimizer
+
+
+def torch_modules():
+    """Builds the torch classes lazily so that --no_torch runs without torch installed."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class GroupedBN(nn.Module):
+        """BatchNorm over fixed groups of `rows` rows, like ssl_jax's GroupedBatchNorm.
+
+        One group (every CPU batch here) is one plain BatchNorm call; several groups are
+        normalised one by one (the running statistics are then updated once per group).
+        """
+
+        def __init__(self, channels: int, rows: int, dims: int = 2):
+            super().__init__()
+            self.bn = nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
+            self.rows = rows
+
+        def forward(self, x):
+            if x.shape[0] <= self.rows:
+                return self.bn(x)
+            b = self.bn
+            parts = [
+                F.batch_norm(c, b.running_mean, b.running_var, b.weight, b.bias, True, 0.1, 1e-5)
+                for c in x.split(self.rows)
+            ]
+            return torch.cat(parts)
+
+    bn = GroupedBN
+
+    def scaled(c, width):
+        return max(1, round(c * width))
+
+    def even(c, width):
+        return max(2, 2 * round(c * width / 2))
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin, planes, stride, rows):
+            super().__init__()
+            out = planes * 4
+            self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+            self.bn1 = bn(planes, rows)
+            self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)  # v1.5: stride here
+            self.bn2 = bn(planes, rows)
+            self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+            self.bn3 = bn(out, rows)
+            self.down = None
+            if stride != 1 or cin != out:
+                self.down = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), bn(out, rows))
+
+        def forward(self, x):
+            y = F.relu(self.bn1(self.conv1(x)))
+            y = F.relu(self.bn2(self.conv2(y)))
+            y = self.bn3(self.conv3(y))
+            return F.relu(y + (x if self.down is None else self.down(x)))
+
+    class ResNet50(nn.Module):
+        def __init__(self, width, rows):
+            super().__init__()
+            stem = scaled(64, width)
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, stem, 7, 2, 3, bias=False),
+                bn(stem, rows),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, 2, 1),
+            )
+            blocks, cin = [], stem
+            for stage, num in enumerate((3, 4, 6, 3)):
+                planes = scaled(64 * 2**stage, width)
+                for i in range(num):
+                    stride = 2 if stage > 0 and i == 0 else 1
+                    blocks.append(Bottleneck(cin, planes, stride, rows))
+                    cin = planes * 4
+            self.blocks = nn.Sequential(*blocks)
+            self.num_features = cin
+
+        def forward(self, x):
+            return self.blocks(self.stem(x)).mean(dim=(2, 3))
+
+    class AlexNetCFN(nn.Module):
+        """ssl_jax.models.AlexNet(variant="jigsaw"): LRN after pool1/pool2, BN on conv3-5."""
+
+        def __init__(self, width, rows, tile):
+            super().__init__()
+            c1, c2, c3, c4, c5 = (even(c, width) for c in (96, 256, 384, 384, 256))
+            lrn = dict(size=5, alpha=1e-4, beta=0.75, k=1.0)
+            self.features = nn.Sequential(
+                nn.Conv2d(3, c1, 11, 2, 0),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, 2),
+                nn.LocalResponseNorm(**lrn),
+                nn.Conv2d(c1, c2, 5, 1, 2, groups=2),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, 2),
+                nn.LocalResponseNorm(**lrn),
+                nn.Conv2d(c2, c3, 3, 1, 1, bias=False),
+                bn(c3, rows),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c3, c4, 3, 1, 1, groups=2, bias=False),
+                bn(c4, rows),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c4, c5, 3, 1, 1, groups=2, bias=False),
+                bn(c5, rows),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, 2),
+            )
+            size = (tile - 11) // 2 + 1
+            for _ in range(3):
+                size = (size - 3) // 2 + 1
+            self.num_features = size * size * c5
+
+        def forward(self, x):
+            return self.features(x).flatten(1)
+
+    class JigsawNet(nn.Module):
+        """The siamese head of ssl_jax.jigsaw.task.JigsawNet, with head_bn=True."""
+
+        def __init__(self, trunk, tiles, tile_features, hidden_features, num_perms, group):
+            super().__init__()
+            self.trunk, self.tiles = trunk, tiles
+            self.tile_fc = nn.Linear(trunk.num_features, tile_features)
+            self.tile_bn = bn(tile_features, group * tiles, dims=1)
+            self.hidden = None
+            width = tiles * tile_features
+            if hidden_features:
+                self.hidden = nn.Linear(width, hidden_features)
+                self.hidden_bn = bn(hidden_features, group, dims=1)
+                width = hidden_features
+            self.classifier = nn.Linear(width, num_perms)
+
+        def forward(self, x):  # x: (B * tiles, 3, T, T), image-major
+            y = F.relu(self.tile_bn(self.tile_fc(self.trunk(x))))
+            y = y.reshape(-1, self.tiles * y.shape[1])
+            if self.hidden is not None:
+                y = F.relu(self.hidden_bn(self.hidden(y)))
+            return self.classifier(y)
+
+    return ResNet50, AlexNetCFN, JigsawNet
+
+
+class TorchStep:
+    """Puzzle making + forward + backward + SGD step in torch, on the same uint8 crops."""
+
+    def __init__(self, config, batch: int, device: str, channels_last: bool, autocast: bool):
+        import torch
+
+        ResNet50, AlexNetCFN, JigsawNet = torch_modules()
+        jig, width = config.jigsaw, config.model.width
+        tiles = jig.grid**2
+        group = config.model.bn_group_size or batch
+        rows = group * tiles
+        if config.model.name == "resnet":
+            trunk = ResNet50(width, rows)
+        else:
+            trunk = AlexNetCFN(width, rows, jig.tile)
+        self.model = JigsawNet(
+            trunk, tiles, jig.tile_features, jig.hidden_features, jig.num_perms, group
+        ).to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.train()
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        bn_params = {
+            id(p)
+            for m in self.model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters()
+        }
+        params = list(self.model.parameters())
+        decay = [p for p in params if id(p) not in bn_params]
+        no_decay = [p for p in params if id(p) in bn_params]
+        plan = optim.make_plan(config.optim, IMAGENET_TRAIN)
+        self.opt = torch.optim.SGD(
+            [
+                {"params": decay, "weight_decay": config.optim.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=plan.warmup_start_lr,
+            momentum=config.optim.momentum,
+        )
+        self.device, self.channels_last, self.autocast = device, channels_last, autocast
+        self.grid, self.cell, self.tile = jig.grid, jig.cell, jig.tile
+        self.gray_prob = jig.gray_prob
+        gen = torch.Generator().manual_seed(0)
+        self.images = torch.randint(0, 256, (batch, CROP, CROP, 3), generator=gen)
+        self.images = self.images.to(torch.uint8).to(device)
+        perms = load_permutation_set(jig)  # the library's set (cached after the JAX build)
+        self.perms = torch.as_tensor(np.asarray(perms), dtype=torch.long, device=device)
+        rows_, cols_ = np.divmod(np.arange(tiles), jig.grid)
+        self.origin = torch.as_tensor(np.stack([rows_, cols_], -1) * jig.cell, device=device)
+        self.arange = torch.arange(jig.tile, device=device)
+        self.luma = torch.tensor(tiles_lib.LUMA, device=device)
+        self.mean = torch.tensor(config.input.mean, device=device)
+        self.std = torch.tensor(config.input.std, device=device)
+
+    def puzzles(self):
+        """(B * 9, 3, T, T) float tiles in slot order (image-major) and (B,) labels."""
+        import torch
+
+        images, dev = self.images, self.device
+        batch, tiles = images.shape[0], self.grid**2
+        offsets = torch.randint(0, max(self.cell - self.tile, 1), (batch, tiles, 2), device=dev)
+        starts = self.origin[None] + offsets  # (B, 9, 2)
+        ys = starts[..., 0, None] + self.arange  # (B, 9, T)
+        xs = starts[..., 1, None] + self.arange
+        b = torch.arange(batch, device=dev)[:, None, None, None]
+        t = images[b, ys[..., :, None], xs[..., None, :]]  # (B, 9, T, T, 3) uint8
+        t = t.float() / 255.0
+        gray = torch.rand(batch, device=dev) < self.gray_prob
+        luma = (t * self.luma).sum(-1, keepdim=True)
+        t = torch.where(gray[:, None, None, None, None], luma.expand_as(t), t)
+        t = (t - self.mean) / self.std
+        labels = torch.randint(0, self.perms.shape[0], (batch,), device=dev)
+        order = self.perms[labels]  # (B, 9): slot i receives tile order[i]
+        t = t[torch.arange(batch, device=dev)[:, None], order]
+        x = t.reshape(batch * tiles, self.tile, self.tile, 3).permute(0, 3, 1, 2)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt), labels
+
+    def __call__(self) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        x, labels = self.puzzles()
+        with torch.autocast(self.device.split(":")[0], torch.bfloat16, enabled=self.autocast):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), labels)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        loss.item()  # waits for the step, as block_until_ready does
+        _sync(self.device)
+
+    def forward_flops(self) -> int:
+        """2 x multiply-adds of every conv and linear layer in one forward pass of the batch."""
+        import torch
+
+        total = [0]
+
+        def hook(module, inputs, output):
+            if isinstance(module, torch.nn.Conv2d):
+                kh, kw = module.kernel_size
+                per_out = module.in_channels // module.groups * kh * kw
+                total[0] += 2 * output.numel() * per_out
+            elif isinstance(module, torch.nn.Linear):
+                total[0] += 2 * output.numel() * module.in_features
+
+        handles = [
+            m.register_forward_hook(hook)
+            for m in self.model.modules()
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+        ]
+        with torch.no_grad():
+            self.model(self.puzzles()[0])
+        for h in handles:
+            h.remove()
+        return total[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# One (model, batch) point
+
+
+def run_point(model, batch, args, torch_device) -> list[dict]:
+    dtype = args.dtype
+    config = jax_config(model, batch, dtype, args.width, args.num_perms)
+    print(f"\n== {model}, batch {batch}, dtype {dtype}, width {args.width} ==", flush=True)
+    jstep = JaxStep(config, batch)
+    jstep()  # warm-up
+    print(
+        f"  jax: {jstep.num_params:,} params, compiled in {jstep.compile_s:.1f} s, "
+        f"XLA GFLOP/step {jstep.flops / 1e9 if jstep.flops else float('nan'):.1f}",
+        flush=True,
+    )
+    tstep, fmt_times, fwd_flops = None, {}, None
+    if torch_device is not None:
+        candidates = {}
+        for name in ("channels_last", "contiguous"):
+            candidates[name] = TorchStep(
+                config, batch, torch_device, name == "channels_last", dtype == "bfloat16"
+            )
+            candidates[name]()  # warm-up
+            fmt_times[name] = _median_time(candidates[name], 1)
+            print(f"  torch {name}: {fmt_times[name] * 1e3:.0f} ms (one step)", flush=True)
+        tstep = candidates[min(fmt_times, key=fmt_times.get)]
+        del candidates
+        fwd_flops = tstep.forward_flops()
+        same = "same as" if tstep.num_params == jstep.num_params else "DIFFERS from"
+        print(
+            f"  torch: {tstep.num_params:,} params ({same} jax), using "
+            f"{'channels_last' if tstep.channels_last else 'contiguous'}; "
+            f"analytic forward GFLOP {fwd_flops / 1e9:.1f}",
+            flush=True,
+        )
+    jax_times, torch_times = [], []
+    for _ in range(args.steps):  # interleaved, so both see the same background load
+        jax_times.append(_median_time(jstep, 1))
+        if tstep is not None:
+            torch_times.append(_median_time(tstep, 1))
+    common = {
+        "model": model,
+        "batch": batch,
+        "dtype": dtype,
+        "width": args.width,
+        "num_perms": args.num_perms,
+        "bn_group_size": config.model.bn_group_size,
+        "gflop_per_step": jstep.flops / 1e9 if jstep.flops else None,
+        "analytic_forward_gflop": fwd_flops / 1e9 if fwd_flops else None,
+    }
+    rows = [
+        dict(
+            common,
+            framework="jax",
+            params=jstep.num_params,
+            step_times_s=jax_times,
+            compile_s=jstep.compile_s,
+            xla_bytes_accessed=jstep.bytes,
+        )
+    ]
+    if tstep is not None:
+        rows.append(
+            dict(
+                common,
+                framework="torch",
+                params=tstep.num_params,
+                step_times_s=torch_times,
+                memory_format="channels_last" if tstep.channels_last else "contiguous",
+                one_step_by_format_s=fmt_times,
+            )
+        )
+    for row in rows:
+        sec = statistics.median(row["step_times_s"])
+        row["ms_per_step"] = sec * 1e3
+        row["images_per_s"] = batch / sec
+        row["achieved_gflop_s"] = jstep.flops / sec / 1e9 if jstep.flops else None
+    if tstep is not None:
+        rows[0]["jax_over_torch_speed"] = rows[1]["ms_per_step"] / rows[0]["ms_per_step"]
+    return rows
+
+
+def print_table(rows, peak):
+    head = (
+        f"{'model':<9} {'batch':>5} {'fw':<6} {'ms/step':>9} {'img/s':>8} {'GFLOP/step':>10} "
+        f"{'GFLOP/s':>8} {'of peak':>8} {'JAX/torch':>9}"
+    )
+    print("\n" + head + "\n" + "-" * len(head))
+    for r in rows:
+        frac = r["achieved_gflop_s"] / (peak / 1e9) if r["achieved_gflop_s"] else float("nan")
+        ratio = r.get("jax_over_torch_speed")
+        print(
+            f"{r['model']:<9} {r['batch']:>5} {r['framework']:<6} {r['ms_per_step']:>9.0f} "
+            f"{r['images_per_s']:>8.2f} {r['gflop_per_step'] or float('nan'):>10.1f} "
+            f"{r['achieved_gflop_s'] or float('nan'):>8.1f} {frac:>8.1%} "
+            f"{'' if ratio is None else f'{ratio:.2f}x':>9}"
+        )
+    print(
+        "JAX/torch = torch ms/step / JAX ms/step (above 1: JAX faster). "
+        "'of peak': achieved FLOP/s over the measured JAX matmul FLOP/s."
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="resnet50,alexnet")
+    parser.add_argument("--batch_sizes", default="", help="default: per model, by backend")
+    parser.add_argument(
+        "--steps", type=int, default=0, help=f"default {CPU_STEPS} (GPU {GPU_STEPS})"
+    )
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--num_perms", type=int, default=2000)
+    parser.add_argument("--no_torch", action="store_true")
+    parser.add_argument(
+        "--out", default=os.path.join(ROOT, "benchmarks", "results", "train_step.json")
+    )
+    args = parser.parse_args(argv)
+    backend = jax.default_backend()
+    on_accelerator = backend in ("gpu", "tpu")
+    if args.dtype == "auto":
+        args.dtype = "bfloat16" if on_accelerator else "float32"
+    args.steps = args.steps or (GPU_STEPS if on_accelerator else CPU_STEPS)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in models:
+        if m not in CONFIGS:
+            parser.error(f"--models: unknown model {m!r}; allowed: {sorted(CONFIGS)}")
+
+    info = machine_info()
+    torch_device, torch_note = None, None
+    if not args.no_torch:
+        try:
+            import torch
+
+            if on_accelerator:
+                if torch.cuda.is_available() and backend == "gpu":
+                    torch_device = "cuda"
+                else:
+                    torch_note = "torch has no CUDA here: torch rows skipped (a CPU peer is moot)"
+            else:
+                torch_device = "cpu"
+                torch.set_num_threads(os.cpu_count() or 1)
+                info["torch_threads"] = torch.get_num_threads()
+        except ImportError:
+            torch_note = "torch is not installed: torch rows skipped"
+    if torch_note:
+        print(torch_note)
+
+    peaks = {"jax_float32": matmul_peak("float32")}
+    if on_accelerator:
+        peaks["jax_bfloat16"] = matmul_peak("bfloat16")
+    if torch_device is not None:
+        import torch
+
+        peaks["torch_float32"] = torch_matmul_peak(torch_device, torch.float32)
+    peak = peaks["jax_bfloat16" if args.dtype == "bfloat16" and on_accelerator else "jax_float32"]
+    print("matmul 2048x2048 GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()))
+
+    rows = []
+    for model in models:
+        if args.batch_sizes:
+            batches = [int(b) for b in args.batch_sizes.split(",")]
+        else:
+            batches = (GPU_BATCHES if on_accelerator else CPU_BATCHES)[model]
+        for batch in batches:
+            rows.extend(run_point(model, batch, args, torch_device))
+    for r in rows:
+        r["fraction_of_matmul_peak"] = (
+            r["achieved_gflop_s"] * 1e9 / peak if r["achieved_gflop_s"] else None
+        )
+    peaks_end = {"jax_float32": matmul_peak("float32")}
+    print_table(rows, peak)
+    print(f"matmul GFLOP/s at the end: {peaks_end['jax_float32'] / 1e9:.0f}")
+    try:
+        info["loadavg_end"] = os.getloadavg()
+    except OSError:
+        pass
+    argv = sys.argv[1:] if argv is None else argv
+    result = {
+        "command": " ".join(["python benchmarks/train_step.py", *argv]),
+        "machine": info,
+        "matmul_gflop_s_start": {k: v / 1e9 for k, v in peaks.items()},
+        "matmul_gflop_s_end": {k: v / 1e9 for k, v in peaks_end.items()},
+        "peak_used_gflop_s": peak / 1e9,
+        "steps": args.steps,
+        "torch_note": torch_note,
+        "rows": rows,
+    }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The main command end to end, in subprocesses: the README demo, SIGKILL + resume, SIGTERM.
+
+Slow (minutes on 2 cores): run with ``python -m pytest -m slow``.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ssl_jax.train.metrics import read_metrics
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+DEMO = ["-m", "ssl_jax.main", "--config=configs/jigsaw_r50.py:runlocal"]
+QUIET = ["--config.train.progress_bar=false"]
+
+
+def command(workdir, *extra):
+    return [sys.executable, *DEMO, f"--workdir={workdir}", *QUIET, *extra]
+
+
+def env():
+    e = dict(os.environ)
+    e.pop("XLA_FLAGS", None)  # one CPU device, as a user's machine
+    e["JAX_PLATFORMS"] = "cpu"
+    return e
+
+
+def start(workdir, *extra, log="log.txt"):
+    os.makedirs(workdir, exist_ok=True)
+    out = open(os.path.join(workdir, log), "w")
+    return subprocess.Popen(
+        command(workdir, *extra), cwd=ROOT, env=env(), stdout=out, stderr=subprocess.STDOUT
+    )
+
+
+def checkpoints(workdir):
+    d = os.path.join(workdir, "checkpoints")
+    return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+
+
+def wait_for(predicate, proc, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        assert proc.poll() is None, "the run ended early"
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """README command 1, uninterrupted."""
+    workdir = tmp_path_factory.mktemp("demo")
+    t0 = time.time()
+    proc = start(workdir)
+    assert proc.wait(timeout=900) == 0, open(workdir / "log.txt").read()[-3000:]
+    return workdir, time.time() - t0
+
+
+def test_demo_learns(demo_run):
+    workdir, seconds = demo_run
+    rows = read_metrics(str(workdir))
+    assert rows[-1]["step"] == 640
+    first = np.mean([r["loss"] for r in rows[:3]])
+    last = np.mean([r["loss"] for r in rows[-3:]])
+    assert last < first - 0.5, (first, last)
+    assert rows[-1]["top1"] > 0.05  # chance is 0.01
+    assert checkpoints(workdir)[-1] == 640
+    print(f"demo: {seconds:.0f} s, loss {first:.3f} -> {last:.3f}")
+
+
+def test_sigkill_then_resume(demo_run, tmp_path):
+    """Killed without warning after a checkpoint, the same command resumes and logs as if whole."""
+    extra = ("--config.train.checkpoint_every=20", "--config.train.stop_after_steps=60")
+    proc = start(tmp_path, *extra)
+    wait_for(lambda: 40 in checkpoints(tmp_path), proc, timeout=600)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(r["step"] for r in read_metrics(str(tmp_path)))
+    proc = start(tmp_path, *extra, log="log2.txt")
+    assert proc.wait(timeout=600) == 0
+    log = open(tmp_path / "log2.txt").read()
+    assert "Resumed from the checkpoint at step" in log
+    resumed = read_metrics(str(tmp_path))
+    reference = [r for r in read_metrics(str(demo_run[0])) if r["step"] <= 60]
+    assert [r["step"] for r in resumed] == [10, 20, 30, 40, 50, 60], killed_at
+    for a, b in zip(resumed, reference, strict=True):
+        np.testing.assert_allclose(
+            [a["loss"], a["top1"], a["lr"]], [b["loss"], b["top1"], b["lr"]], rtol=1e-5
+        )
+
+
+def test_sigterm_saves_a_checkpoint(tmp_path):
+    proc = start(tmp_path)
+    wait_for(lambda: len(read_metrics(str(tmp_path))) >= 2, proc, timeout=600)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 0
+    saved = checkpoints(tmp_path)
+    last_logged = read_metrics(str(tmp_path))[-1]["step"]
+    assert saved and saved[-1] == last_logged and saved[-1] < 640, saved
+    assert "Stopped by SIGTERM" in open(tmp_path / "log.txt").read()
