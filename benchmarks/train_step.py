@@ -22,12 +22,17 @@ same uint8 (B, 255, 255, 3) crops, softmax cross-entropy, SGD with momentum 0.9 
 
 Timing: compilation and one warm-up step per side are excluded. Then the timed steps alternate
 JAX, PyTorch, JAX, PyTorch, ... (each blocked until done), so both sides see the same load on a
-shared machine; ms/step is the median. FLOPs per step come from XLA's cost analysis of the
-compiled JAX step (forward, backward, optimizer and puzzle making); the same count is used for
-the PyTorch row, which does the same work. An analytic forward count (2 x multiply-adds of every
-conv and fully-connected layer, from the torch model's output shapes) is printed as a check. The
-machine's matmul FLOP/s is measured in the same run (a jitted 2048 x 2048 jnp.dot, and torch.mm
-for reference) and the achieved FLOP/s is given as a fraction of the JAX matmul figure.
+shared machine. The headline ms/step is the best timed step (a shared CPU only ever slows a
+step down); the median is printed beside it, and "others" is how many CPU cores other processes
+kept busy during the timed steps (from /proc/stat), so a disturbed run shows itself.
+
+FLOPs per step come from XLA's cost analysis of the compiled JAX step (forward, backward,
+optimizer and puzzle making; XLA does not count multiplications with a convolution's zero
+padding); the same count is used for the PyTorch row, which does the same work. An analytic
+forward count (2 x multiply-adds of every conv and fully-connected layer, padding included, from
+the torch model's output shapes) is printed as a check. The machine's matmul FLOP/s is measured
+at the start and at the end of the run (a jitted 2048 x 2048 jnp.dot, best of 10; torch.mm for
+reference); the better JAX figure is the peak that achieved FLOP/s are a fraction of.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -99,22 +105,50 @@ def machine_info() -> dict:
     return info
 
 
-def _median_time(fn, reps: int) -> float:
+def _busy_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy (all processes), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_step(fn) -> dict:
+    """Runs fn once: wall seconds, and the cores other processes kept busy meanwhile."""
+    busy, own = _busy_seconds(), _own_seconds()
+    start = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - start
+    row = {"s": wall, "own_cores": (_own_seconds() - own) / wall}
+    if busy is not None:
+        row["other_cores"] = max(0.0, (_busy_seconds() - busy) / wall - row["own_cores"])
+    return row
+
+
+def _best_time(fn, reps: int) -> float:
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def matmul_peak(dtype: str, n: int = 2048, reps: int = 10) -> float:
-    """FLOP/s of a jitted n x n jnp.dot on the default device (median of reps, after warm-up)."""
+    """FLOP/s of a jitted n x n jnp.dot on the default device (best of reps, after warm-up)."""
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.dtype(dtype))
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.dtype(dtype))
     dot = jax.jit(jnp.dot)
     dot(a, b).block_until_ready()
-    return 2 * n**3 / _median_time(lambda: dot(a, b).block_until_ready(), reps)
+    return 2 * n**3 / _best_time(lambda: dot(a, b).block_until_ready(), reps)
 
 
 def torch_matmul_peak(device, dtype, n: int = 2048, reps: int = 10) -> float:
@@ -129,7 +163,7 @@ def torch_matmul_peak(device, dtype, n: int = 2048, reps: int = 10) -> float:
         torch.mm(a, b)
         _sync(device)
 
-    return 2 * n**3 / _median_time(run, reps)
+    return 2 * n**3 / _best_time(run, reps)
 
 
 def _sync(device) -> None:
@@ -483,7 +517,7 @@ def run_point(model, batch, args, torch_device) -> list[dict]:
                 config, batch, torch_device, name == "channels_last", dtype == "bfloat16"
             )
             candidates[name]()  # warm-up
-            fmt_times[name] = _median_time(candidates[name], 1)
+            fmt_times[name] = timed_step(candidates[name])["s"]
             print(f"  torch {name}: {fmt_times[name] * 1e3:.0f} ms (one step)", flush=True)
         tstep = candidates[min(fmt_times, key=fmt_times.get)]
         del candidates
@@ -497,9 +531,9 @@ def run_point(model, batch, args, torch_device) -> list[dict]:
         )
     jax_times, torch_times = [], []
     for _ in range(args.steps):  # interleaved, so both see the same background load
-        jax_times.append(_median_time(jstep, 1))
+        jax_times.append(timed_step(jstep))
         if tstep is not None:
-            torch_times.append(_median_time(tstep, 1))
+            torch_times.append(timed_step(tstep))
     common = {
         "model": model,
         "batch": batch,
@@ -515,7 +549,7 @@ def run_point(model, batch, args, torch_device) -> list[dict]:
             common,
             framework="jax",
             params=jstep.num_params,
-            step_times_s=jax_times,
+            steps=jax_times,
             compile_s=jstep.compile_s,
             xla_bytes_accessed=jstep.bytes,
         )
@@ -526,39 +560,54 @@ def run_point(model, batch, args, torch_device) -> list[dict]:
                 common,
                 framework="torch",
                 params=tstep.num_params,
-                step_times_s=torch_times,
+                steps=torch_times,
                 memory_format="channels_last" if tstep.channels_last else "contiguous",
                 one_step_by_format_s=fmt_times,
             )
         )
     for row in rows:
-        sec = statistics.median(row["step_times_s"])
-        row["ms_per_step"] = sec * 1e3
-        row["images_per_s"] = batch / sec
-        row["achieved_gflop_s"] = jstep.flops / sec / 1e9 if jstep.flops else None
+        steps = row.pop("steps")
+        row["step_times_s"] = [t["s"] for t in steps]
+        row["other_cores_per_step"] = [t.get("other_cores") for t in steps]
+        best = min(row["step_times_s"])
+        row["ms_per_step"] = best * 1e3
+        row["ms_per_step_median"] = statistics.median(row["step_times_s"]) * 1e3
+        row["images_per_s"] = batch / best
+        row["achieved_gflop_s"] = jstep.flops / best / 1e9 if jstep.flops else None
+        others = [c for c in row["other_cores_per_step"] if c is not None]
+        row["other_cores_mean"] = statistics.mean(others) if others else None
     if tstep is not None:
-        rows[0]["jax_over_torch_speed"] = rows[1]["ms_per_step"] / rows[0]["ms_per_step"]
+        jax_row, torch_row = rows
+        jax_row["jax_over_torch_speed"] = torch_row["ms_per_step"] / jax_row["ms_per_step"]
+        jax_row["jax_over_torch_speed_median"] = (
+            torch_row["ms_per_step_median"] / jax_row["ms_per_step_median"]
+        )
     return rows
 
 
-def print_table(rows, peak):
+def print_table(rows):
     head = (
-        f"{'model':<9} {'batch':>5} {'fw':<6} {'ms/step':>9} {'img/s':>8} {'GFLOP/step':>10} "
-        f"{'GFLOP/s':>8} {'of peak':>8} {'JAX/torch':>9}"
+        f"{'model':<9} {'batch':>5} {'fw':<6} {'ms/step':>8} {'median':>8} {'img/s':>7} "
+        f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'of peak':>8} {'JAX/torch':>9} {'others':>6}"
     )
     print("\n" + head + "\n" + "-" * len(head))
+    nan = float("nan")
     for r in rows:
-        frac = r["achieved_gflop_s"] / (peak / 1e9) if r["achieved_gflop_s"] else float("nan")
+        frac = r["fraction_of_matmul_peak"]
         ratio = r.get("jax_over_torch_speed")
+        others = r["other_cores_mean"]
         print(
-            f"{r['model']:<9} {r['batch']:>5} {r['framework']:<6} {r['ms_per_step']:>9.0f} "
-            f"{r['images_per_s']:>8.2f} {r['gflop_per_step'] or float('nan'):>10.1f} "
-            f"{r['achieved_gflop_s'] or float('nan'):>8.1f} {frac:>8.1%} "
-            f"{'' if ratio is None else f'{ratio:.2f}x':>9}"
+            f"{r['model']:<9} {r['batch']:>5} {r['framework']:<6} {r['ms_per_step']:>8.0f} "
+            f"{r['ms_per_step_median']:>8.0f} {r['images_per_s']:>7.2f} "
+            f"{r['gflop_per_step'] or nan:>10.1f} {r['achieved_gflop_s'] or nan:>8.1f} "
+            f"{nan if frac is None else frac:>8.1%} {'' if ratio is None else f'{ratio:.2f}x':>9} "
+            f"{nan if others is None else others:>6.2f}"
         )
     print(
-        "JAX/torch = torch ms/step / JAX ms/step (above 1: JAX faster). "
-        "'of peak': achieved FLOP/s over the measured JAX matmul FLOP/s."
+        "ms/step: best timed step (images/s, GFLOP/s and JAX/torch from it); median: median step."
+        "\nJAX/torch = torch ms/step / JAX ms/step (above 1: JAX faster). 'of peak': achieved"
+        " FLOP/s over the measured JAX matmul FLOP/s.\nothers: mean CPU cores other processes"
+        " kept busy during the timed steps (/proc/stat)."
     )
 
 
@@ -607,15 +656,25 @@ def main(argv=None) -> int:
     if torch_note:
         print(torch_note)
 
-    peaks = {"jax_float32": matmul_peak("float32")}
-    if on_accelerator:
-        peaks["jax_bfloat16"] = matmul_peak("bfloat16")
-    if torch_device is not None:
-        import torch
+    def measure_peaks() -> dict:
+        busy, start = _busy_seconds(), time.perf_counter()
+        out = {"jax_float32": matmul_peak("float32") / 1e9}
+        if on_accelerator:
+            out["jax_bfloat16"] = matmul_peak("bfloat16") / 1e9
+        if torch_device is not None:
+            import torch
 
-        peaks["torch_float32"] = torch_matmul_peak(torch_device, torch.float32)
-    peak = peaks["jax_bfloat16" if args.dtype == "bfloat16" and on_accelerator else "jax_float32"]
-    print("matmul 2048x2048 GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()))
+            out["torch_float32"] = torch_matmul_peak(torch_device, torch.float32) / 1e9
+            if on_accelerator:
+                out["torch_bfloat16"] = torch_matmul_peak(torch_device, torch.bfloat16) / 1e9
+        if busy is not None:
+            # Cores busy meanwhile, this process included (about all of them on a quiet machine).
+            out["busy_cores"] = (_busy_seconds() - busy) / (time.perf_counter() - start)
+        print("matmul 2048x2048 GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in out.items()))
+        return out
+
+    peak_key = "jax_bfloat16" if args.dtype == "bfloat16" and on_accelerator else "jax_float32"
+    peaks_start = measure_peaks()
 
     rows = []
     for model in models:
@@ -625,13 +684,15 @@ def main(argv=None) -> int:
             batches = (GPU_BATCHES if on_accelerator else CPU_BATCHES)[model]
         for batch in batches:
             rows.extend(run_point(model, batch, args, torch_device))
+    peaks_end = measure_peaks()
+    # The machine's figure is the better of the two: a shared CPU only ever lowers it.
+    peak = max(peaks_start[peak_key], peaks_end[peak_key])
     for r in rows:
         r["fraction_of_matmul_peak"] = (
-            r["achieved_gflop_s"] * 1e9 / peak if r["achieved_gflop_s"] else None
+            r["achieved_gflop_s"] / peak if r["achieved_gflop_s"] else None
         )
-    peaks_end = {"jax_float32": matmul_peak("float32")}
-    print_table(rows, peak)
-    print(f"matmul GFLOP/s at the end: {peaks_end['jax_float32'] / 1e9:.0f}")
+    print_table(rows)
+    print(f"matmul peak used: {peak:.1f} GFLOP/s ({peak_key}, best of start and end)")
     try:
         info["loadavg_end"] = os.getloadavg()
     except OSError:
@@ -640,9 +701,9 @@ def main(argv=None) -> int:
     result = {
         "command": " ".join(["python benchmarks/train_step.py", *argv]),
         "machine": info,
-        "matmul_gflop_s_start": {k: v / 1e9 for k, v in peaks.items()},
-        "matmul_gflop_s_end": {k: v / 1e9 for k, v in peaks_end.items()},
-        "peak_used_gflop_s": peak / 1e9,
+        "matmul_gflop_s_start": peaks_start,
+        "matmul_gflop_s_end": peaks_end,
+        "peak_used_gflop_s": peak,
         "steps": args.steps,
         "torch_note": torch_note,
         "rows": rows,

@@ -7,8 +7,9 @@ batch, 5-epoch warm-up from 0.025, x0.1 at 30/60/90/100, 105 epochs). AlexNet (c
 stride 2 on 64x64 tiles, grouped conv2/4/5, BN + ReLU) per tile -> fc 1024; the 9 tiles
 concatenated -> fc 4096 -> fc |P|.
 
-Cost: about 0.3 GFLOPs forward per image (9 tiles), so the run is bound by JPEG decoding on any
-accelerator: plan for the input pipeline's images/s (BENCHMARKS.md), about a day on 48 cores.
+Cost (estimate): 2.8 GFLOP forward per image (9 tiles), 6.7 GFLOP per training image by XLA's
+count, 0.9 EFLOP for the 105 epochs: the input pipeline (2 to 4 ms of a CPU core per ImageNet
+image, about 100 core-hours in all) sets the pace on any accelerator; see BENCHMARKS.md.
 
 Arguments (after a colon, comma-separated): runlocal, perms=N, folder=PATH, filelist=PATH, width=W
 (see configs/jigsaw_r50.py).

@@ -7,10 +7,11 @@ ImageNet-1k comes from TFDS ``imagenet2012`` (prepare it once with
 ``--config.data.data_dir=D``). Batch 256, SGD 0.1 (scaled with batch), 5-epoch warm-up from
 0.025, x0.1 at epochs 30/60/90/100, 105 epochs, |P| = 2000 (max_avg, seed 0).
 
-Cost: about 3 GFLOPs forward per image (9 tiles of 64x64), 9 GFLOPs per training image, 1.2 EFLOP
-for the 105 epochs (134M images); see BENCHMARKS.md for measured images/s. On one 8-GPU host the
-run is bound by JPEG decoding and resizing (1.5 to 3 ms of a CPU core per image): plan about a
-day with 48 cores.
+Cost (estimate): 6.1 GFLOP forward per image (9 tiles of 64x64), 16.5 GFLOP per training image
+by XLA's count, 2.2 EFLOP for the 105 epochs (134M images). Decoding and resizing ImageNet JPEGs
+takes 2 to 4 ms of a CPU core per image, about 100 core-hours in all, so on one 8-GPU host plan
+for the input pipeline's pace (several hours with 32+ cores); measured images/s per device are in
+BENCHMARKS.md.
 
 Arguments (after a colon, comma-separated):
   runlocal      the built-in demo images, narrow trunk, a few hundred steps on a CPU (< 5 min).

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.models.batchnorm import GroupedBatchNorm
+from ssl_jax.models.conv import conv_general_dilated
 
 # depth -> (block kind, blocks per stage res2..res5)
 STAGES: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -72,6 +73,7 @@ class _Block(nn.Module):
                 strides=(stride, stride),
                 padding=((pad, pad), (pad, pad)),
                 kernel_dilation=(dilation, dilation),
+                conv_general_dilated=conv_general_dilated,
                 use_bias=False,
                 kernel_init=conv_init,
                 dtype=self.dtype,
