@@ -21,8 +21,15 @@ RESIZE, CROP = 40, 32  # small images keep the tests fast
 def make_configs(**data_fields):
     d = ml_collections.ConfigDict(
         dict(
-            source="folder", name="imagenet2012", split="train", data_dir=None, path="",
-            shuffle_buffer=16, num_parallel_calls=-1, prefetch=2, demo_size=64,
+            source="folder",
+            name="imagenet2012",
+            split="train",
+            data_dir=None,
+            path="",
+            shuffle_buffer=16,
+            num_parallel_calls=-1,
+            prefetch=2,
+            demo_size=64,
             cache_decoded=False,
         )
     )
@@ -89,23 +96,25 @@ def build_tree(root: str) -> dict[str, bytes]:
             )
     big = encode(Image.fromarray(photo(96, 96, 99)), "JPEG", quality=95)
     palette = Image.fromarray(photo(30, 30, 5)).convert("P")
-    files.update({
-        "cat/gray.jpg": encode(Image.fromarray(photo(50, 60, 1)).convert("L"), "JPEG"),
-        "cat/cmyk.jpg": encode(Image.fromarray(photo(50, 60, 2)).convert("CMYK"), "JPEG"),
-        "cat/tiny.png": encode(Image.fromarray(np.full((1, 1, 3), 200, np.uint8)), "PNG"),
-        "cat/thin.jpg": encode(Image.fromarray(photo(5, 500, 3)), "JPEG"),
-        "cat/truncated.jpg": big[: len(big) // 2],
-        "cat/empty.jpg": b"",
-        "dog/rgba.png": encode(Image.fromarray(RGBA, "RGBA"), "PNG"),
-        "dog/gray16.png": encode(Image.fromarray(GRAY16), "PNG"),
-        "dog/palette.gif": encode(Image.fromarray(photo(30, 30, 4)).convert("P"), "GIF"),
-        "dog/palette_alpha.png": encode(palette, "PNG", transparency=palette.getpixel((0, 0))),
-        "dog/sub/nested.JPG": encode(Image.fromarray(photo(40, 40, 6)), "JPEG"),
-        "dog/random.jpg": np.random.default_rng(7).bytes(2000),
-        "dog/text.png": b"this is not an image\n",
-        "dog/notes.txt": b"ignored: not an image extension\n",
-        "dog/.hidden.jpg": b"ignored: hidden",
-    })
+    files.update(
+        {
+            "cat/gray.jpg": encode(Image.fromarray(photo(50, 60, 1)).convert("L"), "JPEG"),
+            "cat/cmyk.jpg": encode(Image.fromarray(photo(50, 60, 2)).convert("CMYK"), "JPEG"),
+            "cat/tiny.png": encode(Image.fromarray(np.full((1, 1, 3), 200, np.uint8)), "PNG"),
+            "cat/thin.jpg": encode(Image.fromarray(photo(5, 500, 3)), "JPEG"),
+            "cat/truncated.jpg": big[: len(big) // 2],
+            "cat/empty.jpg": b"",
+            "dog/rgba.png": encode(Image.fromarray(RGBA, "RGBA"), "PNG"),
+            "dog/gray16.png": encode(Image.fromarray(GRAY16), "PNG"),
+            "dog/palette.gif": encode(Image.fromarray(photo(30, 30, 4)).convert("P"), "GIF"),
+            "dog/palette_alpha.png": encode(palette, "PNG", transparency=palette.getpixel((0, 0))),
+            "dog/sub/nested.JPG": encode(Image.fromarray(photo(40, 40, 6)), "JPEG"),
+            "dog/random.jpg": np.random.default_rng(7).bytes(2000),
+            "dog/text.png": b"this is not an image\n",
+            "dog/notes.txt": b"ignored: not an image extension\n",
+            "dog/.hidden.jpg": b"ignored: hidden",
+        }
+    )
     for rel, content in files.items():
         write(os.path.join(root, rel), content)
     return files
@@ -223,7 +232,9 @@ def test_flat_and_mixed_folders(tmp_path):
     assert source.class_names == ("a", "b")
     names = [os.path.basename(p.decode()) for p in source.paths]
     assert dict(zip(names, source.labels.tolist(), strict=True)) == {
-        "x.jpg": 0, "y.jpg": 1, "loose.jpg": -1,
+        "x.jpg": 0,
+        "y.jpg": 1,
+        "loose.jpg": -1,
     }
 
 
@@ -243,8 +254,11 @@ def test_filelist_source(tree, tmp_path):
     )
     source = data.make_source(make_configs(source="filelist", path=str(listing))[0])
     assert [p.decode() for p in source.paths] == [
-        f"{root}/cat/cat0.jpg", f"{root}/dog/dog1.jpg", relative,
-        f"{root}/dog/text.png", f"{root}/no_such_file.jpg",
+        f"{root}/cat/cat0.jpg",
+        f"{root}/dog/dog1.jpg",
+        relative,
+        f"{root}/dog/text.png",
+        f"{root}/no_such_file.jpg",
     ]
     assert source.labels.tolist() == [3, 7, -1, 1, 2]
     data.reset_skip_counts()
@@ -307,8 +321,12 @@ def test_one_epoch_skips_exactly_the_bad_files(tree, tree_source):
     # Decoding exactly one epoch, with no read-ahead, counts exactly the planted files.
     data.reset_skip_counts()
     records = tree_source.epoch_records(
-        tf.constant(0, tf.int64), tf.constant(0, tf.int64), seed=0, process_index=0,
-        process_count=1, shuffle_buffer=0,
+        tf.constant(0, tf.int64),
+        tf.constant(0, tf.int64),
+        seed=0,
+        process_index=0,
+        process_count=1,
+        shuffle_buffer=0,
     )
     decoded = records.map(lambda r: tree_source.decode(r, min_short=RESIZE)[1])
     assert sum(decoded.as_numpy_iterator()) == n - len(bad)
@@ -325,8 +343,12 @@ def test_same_seed_same_stream_and_epochs_reshuffle(tree, tree_source):
 
     def epoch_paths(epoch):
         ds = tree_source.epoch_records(
-            tf.constant(epoch, tf.int64), tf.constant(0, tf.int64), seed=0, process_index=0,
-            process_count=1, shuffle_buffer=0,
+            tf.constant(epoch, tf.int64),
+            tf.constant(0, tf.int64),
+            seed=0,
+            process_index=0,
+            process_count=1,
+            shuffle_buffer=0,
         )
         return [r["path"] for r in ds.as_numpy_iterator()]
 
@@ -346,7 +368,10 @@ def test_resume_continues_exactly_after_start(tree, tree_source):
     bad_index = next(k for k in range(n) if (0, k) not in positions and k > 0)
     starts.append((0, bad_index))  # the last record consumed was a skipped one
     assert os.path.basename(tree_source.paths[order0[bad_index]].decode()) in (
-        "truncated.jpg", "empty.jpg", "random.jpg", "text.png",
+        "truncated.jpg",
+        "empty.jpg",
+        "random.jpg",
+        "text.png",
     )
     for start in starts:
         resumed = flatten(take(d, i, 3, batch_size=5, source=tree_source, start=start))
@@ -359,8 +384,12 @@ def test_process_shards_are_disjoint_and_cover_everything(tree, tree_source):
     shards = []
     for p in range(2):
         ds = tree_source.epoch_records(
-            tf.constant(0, tf.int64), tf.constant(0, tf.int64), seed=0, process_index=p,
-            process_count=2, shuffle_buffer=0,
+            tf.constant(0, tf.int64),
+            tf.constant(0, tf.int64),
+            seed=0,
+            process_index=p,
+            process_count=2,
+            shuffle_buffer=0,
         )
         shards.append({r["path"] for r in ds.as_numpy_iterator()})
         assert len(shards[-1]) == tree_source.shard_size(p, 2)
@@ -388,12 +417,17 @@ def test_resize_crop_flip_handles_tiny_images_and_matches_full_resize():
         # Same pixels as resizing the whole image, then cropping somewhere.
         short = min(shape[:2])
         size = [max(RESIZE, round(s * RESIZE / short)) for s in shape[:2]]
-        full = tf.saturate_cast(
-            tf.round(tf.image.resize(image, size, method="bilinear", antialias=True)), tf.uint8
-        ).numpy().astype(int)
+        full = (
+            tf.saturate_cast(
+                tf.round(tf.image.resize(image, size, method="bilinear", antialias=True)), tf.uint8
+            )
+            .numpy()
+            .astype(int)
+        )
         best = min(
-            np.abs(full[y:y + CROP, x:x + CROP] - out.numpy().astype(int)).max()
-            for y in range(size[0] - CROP + 1) for x in range(size[1] - CROP + 1)
+            np.abs(full[y : y + CROP, x : x + CROP] - out.numpy().astype(int)).max()
+            for y in range(size[0] - CROP + 1)
+            for x in range(size[1] - CROP + 1)
         )
         assert best <= 1, shape
 
@@ -447,10 +481,12 @@ def tfds_dir(tmp_path_factory):
             def _info(self):
                 return tfds.core.DatasetInfo(
                     builder=self,
-                    features=tfds.features.FeaturesDict({
-                        "image": tfds.features.Image(),
-                        "label": tfds.features.ClassLabel(names=["a", "b", "c"]),
-                    }),
+                    features=tfds.features.FeaturesDict(
+                        {
+                            "image": tfds.features.Image(),
+                            "label": tfds.features.ClassLabel(names=["a", "b", "c"]),
+                        }
+                    ),
                 )
 
             def _split_generators(self, dl_manager):
@@ -482,8 +518,12 @@ def test_tfds_source_reads_deterministically_and_resumes(tfds_dir):
 
     def record_ids(epoch, process_index, process_count):
         ds = source.epoch_records(
-            tf.constant(epoch, tf.int64), tf.constant(0, tf.int64), seed=0,
-            process_index=process_index, process_count=process_count, shuffle_buffer=4,
+            tf.constant(epoch, tf.int64),
+            tf.constant(0, tf.int64),
+            seed=0,
+            process_index=process_index,
+            process_count=process_count,
+            shuffle_buffer=4,
         )
         return [r["id"] for r in ds.as_numpy_iterator()]
 
@@ -500,7 +540,16 @@ def test_cifar10_folder(cifar10_dir):
     source = data.make_source(d)
     assert source.num_examples == 10_000
     assert source.class_names == (
-        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
     )
     batch = take(d, i, 1, batch_size=16, source=source)[0]
     assert batch["image"].shape == (16, 255, 255, 3)  # 32x32 upscaled to the crop

@@ -1,11 +1,11 @@
 """Pretraining input: sources (TFDS, image folder, file list, built-in demo) and the pipeline.
 
-    source = make_source(config.data)            # source.num_examples defines an epoch
-    batches = pretrain_iterator(config.data, config.input, local_batch_size=B, seed=config.seed,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count(), start=None, source=source)
-    batch = next(batches)  # image (B, crop, crop, 3) uint8, label, epoch, index
-    skip_counts()          # {"truncated": 3, "not_image": 1, ...} images skipped so far
+source = make_source(config.data)            # source.num_examples defines an epoch
+batches = pretrain_iterator(config.data, config.input, local_batch_size=B, seed=config.seed,
+                            process_index=jax.process_index(),
+                            process_count=jax.process_count(), start=None, source=source)
+batch = next(batches)  # image (B, crop, crop, 3) uint8, label, epoch, index
+skip_counts()          # {"truncated": 3, "not_image": 1, ...} images skipped so far
 """
 
 from ssl_jax.data.decode import SKIP_REASONS, reset_skip_counts, skip_counts

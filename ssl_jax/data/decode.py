@@ -202,7 +202,11 @@ class FailureWatch:
 
 
 def numpy_decode(
-    payload: bytes, is_path: bool, origin: bytes, min_short: int, watch: FailureWatch | None,
+    payload: bytes,
+    is_path: bool,
+    origin: bytes,
+    min_short: int,
+    watch: FailureWatch | None,
     cache: dict[bytes, np.ndarray | None] | None,
 ) -> tuple[np.ndarray, bool]:
     """The body of the tf.numpy_function decode: never raises for a bad file.
@@ -240,8 +244,13 @@ def numpy_decode(
 
 
 def tf_decode(
-    payload: tf.Tensor, origin: tf.Tensor, *, is_path: bool, min_short: int,
-    watch: FailureWatch | None = None, cache: dict | None = None,
+    payload: tf.Tensor,
+    origin: tf.Tensor,
+    *,
+    is_path: bool,
+    min_short: int,
+    watch: FailureWatch | None = None,
+    cache: dict | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Graph wrapper of `numpy_decode`: returns ((H, W, 3) uint8 image, ok bool scalar)."""
 

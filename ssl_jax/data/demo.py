@@ -50,13 +50,22 @@ class DemoSource:
         return len(range(process_index, self.num_examples, process_count))
 
     def epoch_records(
-        self, epoch: tf.Tensor, first: tf.Tensor, *, seed: int, process_index: int,
-        process_count: int, shuffle_buffer: int,
+        self,
+        epoch: tf.Tensor,
+        first: tf.Tensor,
+        *,
+        seed: int,
+        process_index: int,
+        process_count: int,
+        shuffle_buffer: int,
     ) -> tf.data.Dataset:
         del shuffle_buffer
         records.check_shard(
-            self.shard_size(process_index, process_count), self.num_examples, process_index,
-            process_count, "the demo set",
+            self.shard_size(process_index, process_count),
+            self.num_examples,
+            process_index,
+            process_count,
+            "the demo set",
         )
         columns = {
             "box": self.boxes[process_index::process_count],
@@ -69,10 +78,9 @@ class DemoSource:
 
         def crop(label, box):
             top, left, height, width = (int(v) for v in box)
-            return np.ascontiguousarray(self.photos[label][top:top + height, left:left + width])
+            return np.ascontiguousarray(self.photos[label][top : top + height, left : left + width])
 
-        image = tf.numpy_function(crop, [record["label"], record["box"]], tf.uint8,
-                                  stateful=False)
+        image = tf.numpy_function(crop, [record["label"], record["box"]], tf.uint8, stateful=False)
         image.set_shape([None, None, 3])
         return image, tf.constant(True)
 

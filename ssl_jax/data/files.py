@@ -49,13 +49,22 @@ class FileSource:
         return len(range(process_index, self.num_examples, process_count))
 
     def epoch_records(
-        self, epoch: tf.Tensor, first: tf.Tensor, *, seed: int, process_index: int,
-        process_count: int, shuffle_buffer: int,
+        self,
+        epoch: tf.Tensor,
+        first: tf.Tensor,
+        *,
+        seed: int,
+        process_index: int,
+        process_count: int,
+        shuffle_buffer: int,
     ) -> tf.data.Dataset:
         del shuffle_buffer  # the whole shard is permuted
         records.check_shard(
-            self.shard_size(process_index, process_count), self.num_examples, process_index,
-            process_count, f"{self.kind} {self.location}",
+            self.shard_size(process_index, process_count),
+            self.num_examples,
+            process_index,
+            process_count,
+            f"{self.kind} {self.location}",
         )
         columns = {
             "path": self.paths[process_index::process_count],
@@ -65,7 +74,11 @@ class FileSource:
 
     def decode(self, record, *, min_short: int, watch=None, cache=None):
         return decode_lib.tf_decode(
-            record["path"], record["path"], is_path=True, min_short=min_short, watch=watch,
+            record["path"],
+            record["path"],
+            is_path=True,
+            min_short=min_short,
+            watch=watch,
             cache=cache,
         )
 
@@ -97,7 +110,8 @@ def _list_images(root: str) -> list[str]:
     for dirpath, dirnames, filenames in _walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         found.extend(
-            _join(dirpath, f) for f in filenames
+            _join(dirpath, f)
+            for f in filenames
             if not f.startswith(".") and _has_image_extension(f)
         )
     return found
@@ -127,25 +141,30 @@ def folder_source(path: str) -> FileSource:
         )
     prefix = _join(root, "")
     subfolders = sorted(
-        d.rstrip("/") for d in tf.io.gfile.listdir(root)
+        d.rstrip("/")
+        for d in tf.io.gfile.listdir(root)
         if not d.startswith(".") and tf.io.gfile.isdir(_join(root, d.rstrip("/")))
     )
-    relative = [f[len(prefix):] for f in files]
+    relative = [f[len(prefix) :] for f in files]
     in_subfolder = [os.sep in r or "/" in r for r in relative]
     if not any(in_subfolder):
         labels = np.full(len(files), -1, np.int32)
         class_names = None
     else:
         class_index = {name: i for i, name in enumerate(subfolders)}
-        top = [r.replace(os.sep, "/").split("/", 1)[0] if sub else None
-               for r, sub in zip(relative, in_subfolder, strict=True)]
+        top = [
+            r.replace(os.sep, "/").split("/", 1)[0] if sub else None
+            for r, sub in zip(relative, in_subfolder, strict=True)
+        ]
         labels = np.asarray([class_index.get(t, -1) for t in top], np.int32)
         class_names = tuple(subfolders)
         loose = int(np.sum(labels < 0))
         if loose:
             _log.warning(
                 "%d images lie directly in %s next to %d class folders: they get label -1.",
-                loose, path, len(subfolders),
+                loose,
+                path,
+                len(subfolders),
             )
     return FileSource(
         kind="folder",

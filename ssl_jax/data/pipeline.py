@@ -77,10 +77,12 @@ def resize_crop_flip(
 
     top = offset(new_height - crop, 0)
     left = offset(new_width - crop, 1)
-    scale = tf.stack([
-        tf.cast(new_height, tf.float32) / tf.cast(shape[0], tf.float32),
-        tf.cast(new_width, tf.float32) / tf.cast(shape[1], tf.float32),
-    ])
+    scale = tf.stack(
+        [
+            tf.cast(new_height, tf.float32) / tf.cast(shape[0], tf.float32),
+            tf.cast(new_width, tf.float32) / tf.cast(shape[1], tf.float32),
+        ]
+    )
     out = tf.raw_ops.ScaleAndTranslate(
         images=image[None],
         size=tf.constant([crop, crop], tf.int32),
@@ -99,8 +101,14 @@ def resize_crop_flip(
 
 
 def pretrain_dataset(
-    data_config, input_config, *, local_batch_size: int, seed: int, process_index: int = 0,
-    process_count: int = 1, start: tuple[int, int] | None = None,
+    data_config,
+    input_config,
+    *,
+    local_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    start: tuple[int, int] | None = None,
     source: sources_lib.Source | None = None,
 ) -> tf.data.Dataset:
     """The tf.data pipeline behind `pretrain_iterator` (same arguments); batches of tensors."""
@@ -129,8 +137,12 @@ def pretrain_dataset(
     def epoch_records(epoch):
         epoch_first = tf.where(epoch == start_epoch, tf.constant(first, tf.int64), 0)
         return source.epoch_records(
-            epoch, epoch_first, seed=seed, process_index=process_index,
-            process_count=process_count, shuffle_buffer=shuffle_buffer,
+            epoch,
+            epoch_first,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+            shuffle_buffer=shuffle_buffer,
         )
 
     @tf.autograph.experimental.do_not_convert
@@ -169,8 +181,14 @@ def pretrain_dataset(
 
 
 def pretrain_iterator(
-    data_config, input_config, *, local_batch_size: int, seed: int, process_index: int,
-    process_count: int, start: tuple[int, int] | None = None,
+    data_config,
+    input_config,
+    *,
+    local_batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    start: tuple[int, int] | None = None,
     source: sources_lib.Source | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's endless stream of pretraining batches.
@@ -193,7 +211,13 @@ def pretrain_iterator(
         process's shuffled, pre-filter record stream.
     """
     ds = pretrain_dataset(
-        data_config, input_config, local_batch_size=local_batch_size, seed=seed,
-        process_index=process_index, process_count=process_count, start=start, source=source,
+        data_config,
+        input_config,
+        local_batch_size=local_batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        start=start,
+        source=source,
     )
     return ds.as_numpy_iterator()

@@ -25,7 +25,10 @@ def check_shard(size: int, total: int, process_index: int, process_count: int, w
 
 
 def array_epoch(
-    columns: dict[str, np.ndarray], epoch: tf.Tensor, first: tf.Tensor, seed: int,
+    columns: dict[str, np.ndarray],
+    epoch: tf.Tensor,
+    first: tf.Tensor,
+    seed: int,
     process_index: int,
 ) -> tf.data.Dataset:
     """One epoch of a shard held in memory: rows of `columns` in a seeded random order.
@@ -41,7 +44,7 @@ def array_epoch(
 
     def order(epoch_value, first_value):
         rng = np.random.default_rng(seed_words(seed, epoch_value, process_index))
-        perm = rng.permutation(size)[int(first_value):]
+        perm = rng.permutation(size)[int(first_value) :]
         index = np.arange(int(first_value), size, dtype=np.int64)
         return [index] + [columns[k][perm] for k in names]
 

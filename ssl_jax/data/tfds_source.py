@@ -46,14 +46,23 @@ class TfdsSource:
         return int(self.builder.info.splits[split].num_examples)
 
     def epoch_records(
-        self, epoch: tf.Tensor, first: tf.Tensor, *, seed: int, process_index: int,
-        process_count: int, shuffle_buffer: int,
+        self,
+        epoch: tf.Tensor,
+        first: tf.Tensor,
+        *,
+        seed: int,
+        process_index: int,
+        process_count: int,
+        shuffle_buffer: int,
     ) -> tf.data.Dataset:
         import tensorflow_datasets as tfds
 
         records.check_shard(
-            self.shard_size(process_index, process_count), self.num_examples, process_index,
-            process_count, f"TFDS {self.builder.name} split {self.split!r}",
+            self.shard_size(process_index, process_count),
+            self.num_examples,
+            process_index,
+            process_count,
+            f"TFDS {self.builder.name} split {self.split!r}",
         )
 
         def epoch_seeds(epoch_value):
@@ -98,7 +107,11 @@ class TfdsSource:
 
     def decode(self, record, *, min_short: int, watch=None, cache=None):
         return decode_lib.tf_decode(
-            record["bytes"], record["id"], is_path=False, min_short=min_short, watch=watch,
+            record["bytes"],
+            record["id"],
+            is_path=False,
+            min_short=min_short,
+            watch=watch,
             cache=cache,
         )
 
@@ -169,6 +182,9 @@ def tfds_source(name: str, split: str, data_dir: str | None) -> TfdsSource:
     if has_label and hasattr(features["label"], "names"):
         class_names = tuple(features["label"].names)
     return TfdsSource(
-        builder=builder, split=split, num_examples=num_examples, class_names=class_names,
+        builder=builder,
+        split=split,
+        num_examples=num_examples,
+        class_names=class_names,
         has_label=has_label,
     )
