@@ -24,16 +24,15 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 
-import jax
 import numpy as np
 from scipy.spatial.distance import cdist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.machine import machine_info  # noqa: E402
 from ssl_jax.jigsaw import permutations as pm  # noqa: E402
 
 OURS = [
@@ -46,29 +45,6 @@ OURS = [
 TRAJECTORY_N = 120
 CHECK_K = [500, 1000, 2000]
 EXTRAPOLATE_N = [100, 1000, 2000, 5000, 10000]
-
-
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "jax": jax.__version__,
-        "jax_backend": jax.default_backend(),
-        # Other processes share these cores; a 1-minute load above the core count means the
-        # timings below are inflated.
-        "load_avg_1min_at_start": os.getloadavg()[0],
-    }
 
 
 def distance_stats(perms: np.ndarray, chunk: int = 2000) -> tuple[float, int]:

@@ -38,10 +38,8 @@ reference); the better JAX figure is the peak that achieved FLOP/s are a fractio
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -52,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.machine import machine_info as shared_machine_info  # noqa: E402
 from ssl_jax import config_lib, tasks  # noqa: E402
 from ssl_jax.jigsaw import tiles as tiles_lib  # noqa: E402
 from ssl_jax.jigsaw.task import load_permutation_set  # noqa: E402
@@ -72,24 +71,7 @@ CPU_STEPS, GPU_STEPS = 3, 20
 
 
 def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jax_backend": jax.default_backend(),
-        "jax_devices": [d.device_kind for d in jax.devices()],
-        "date": datetime.date.today().isoformat(),
-    }
+    info = shared_machine_info()
     try:
         import torch
 
@@ -98,10 +80,6 @@ def machine_info() -> dict:
         info["torch_cuda"] = torch.cuda.is_available()
     except ImportError:
         info["torch"] = None
-    try:
-        info["loadavg_start"] = os.getloadavg()
-    except OSError:
-        pass
     return info
 
 
