@@ -29,10 +29,7 @@ def get_config(arg=None):
     c.model.width = arg.width
     c.jigsaw = config_defaults.jigsaw(arg.perms, tile_features=1024, hidden_features=4096)
 
-    if arg.folder:
-        c.data.source, c.data.path = "folder", arg.folder
-    if arg.filelist:
-        c.data.source, c.data.path = "filelist", arg.filelist
+    config_defaults.data_from_args(c, folder=arg.folder, filelist=arg.filelist)
     if arg.runlocal:
         config_defaults.runlocal_data(c)
         config_defaults.runlocal_puzzle(c, half_size=False)

@@ -39,10 +39,7 @@ def get_config(arg=None):
 
     c.jigsaw = config_defaults.jigsaw(arg.perms, tile_features=1000, hidden_features=0)
 
-    if arg.folder:
-        c.data.source, c.data.path = "folder", arg.folder
-    if arg.filelist:
-        c.data.source, c.data.path = "filelist", arg.filelist
+    config_defaults.data_from_args(c, folder=arg.folder, filelist=arg.filelist)
     if arg.runlocal:
         runlocal(c, arg)
     return c

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from ssl_jax import config_lib
 from ssl_jax.jigsaw.tiles import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -83,6 +84,18 @@ def jigsaw(num_perms: int, tile_features: int, hidden_features: int) -> ml_colle
     j.hidden_features = hidden_features  # fc after concatenation (0: none)
     j.head_bn = True
     return j
+
+
+def data_from_args(c: ml_collections.ConfigDict, folder: str, filelist: str) -> None:
+    """The ``folder=PATH`` / ``filelist=PATH`` config arguments: train on that data instead."""
+    if folder and filelist:
+        raise config_lib.ConfigError(
+            f"Give folder={folder!r} or filelist={filelist!r} as config argument, not both."
+        )
+    if folder:
+        c.data.source, c.data.path = "folder", folder
+    if filelist:
+        c.data.source, c.data.path = "filelist", filelist
 
 
 def runlocal_data(c: ml_collections.ConfigDict) -> None:
