@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if multihost:
         jax.distributed.initialize()
-    from ssl_jax.train import TrainingDiverged, train
+    from ssl_jax.train import InputPipelineError, TrainingDiverged, train
 
     os.makedirs(args.workdir, exist_ok=True)
     if jax.process_index() == 0:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             f.write(config.to_json_best_effort(indent=2))
     try:
         train(config, args.workdir)
-    except TrainingDiverged as e:
+    except (TrainingDiverged, InputPipelineError) as e:
         logging.error("%s", e)
         return 1
     except (FileNotFoundError, config_lib.ConfigError) as e:

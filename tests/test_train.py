@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import Mesh
 
 from ssl_jax import config_lib
-from ssl_jax.train import TrainingDiverged, checkpoint, optim, trainer
+from ssl_jax.train import InputPipelineError, TrainingDiverged, checkpoint, optim, trainer
 from ssl_jax.train import metrics as metrics_lib
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -129,3 +129,14 @@ def test_batch_must_split_over_devices():
     if mesh.size > 1:
         with pytest.raises(config_lib.ConfigError, match="batch_size=3"):
             trainer.check_batch(3, mesh)
+
+
+def test_unreadable_data_stops_with_a_message(tmp_path):
+    """A folder where nothing decodes ends the run with one clear error, not a tf.data trace."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(20):
+        (images / f"{i}.jpg").write_bytes(os.urandom(100))
+    config = tiny_config(("data.source", "folder"), ("data.path", str(images)))
+    with pytest.raises(InputPipelineError, match="input pipeline failed before step 1.*decode"):
+        trainer.train(config, str(tmp_path / "work"))

@@ -1,5 +1,5 @@
 """Pretraining: the trainer, its optimizer, checkpoints and metrics."""
 
-from ssl_jax.train.trainer import TrainingDiverged, train
+from ssl_jax.train.trainer import InputPipelineError, TrainingDiverged, train
 
-__all__ = ["TrainingDiverged", "train"]
+__all__ = ["InputPipelineError", "TrainingDiverged", "train"]

@@ -34,6 +34,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class InputPipelineError(RuntimeError):
+    """The input pipeline could not produce a batch; the last checkpoint is kept."""
+
+
 def make_mesh() -> Mesh:
     """A 1-D mesh over every device of every process; the batch is split along 'data'."""
     return Mesh(np.asarray(jax.devices()), ("data",))
@@ -196,7 +200,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     window_start, window_steps = None, 0
     with _StopSignal() as stop:
         while step < end_step:
-            local = next(batches)
+            try:
+                local = next(batches)
+            except Exception as e:  # tf.errors.* raised from inside tf.data
+                latest = checkpoints.latest_step()
+                checkpoints.close()
+                detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise InputPipelineError(
+                    f"The input pipeline failed before step {step + 1}: {detail}. The last "
+                    f"checkpoint (step {latest}) is kept in "
+                    f"{checkpoints.directory}; fix the data (config.data) and rerun to resume."
+                ) from e
             position = np.asarray([local["epoch"][-1], local["index"][-1]], np.int64)
             batch = {
                 "image": jax.make_array_from_process_local_data(batch_sharding, local["image"])
