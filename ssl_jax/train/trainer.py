@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -205,11 +206,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             except Exception as e:  # tf.errors.* raised from inside tf.data
                 latest = checkpoints.latest_step()
                 checkpoints.close()
-                detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                kept = (
+                    f"The last checkpoint (step {latest}) is kept in {checkpoints.directory}"
+                    if latest is not None
+                    else "No checkpoint was written yet"
+                )
                 raise InputPipelineError(
-                    f"The input pipeline failed before step {step + 1}: {detail}. The last "
-                    f"checkpoint (step {latest}) is kept in "
-                    f"{checkpoints.directory}; fix the data (config.data) and rerun to resume."
+                    f"The input pipeline failed before step {step + 1}: {_error_text(e)} "
+                    f"{kept}; fix the data (config.data) and rerun to resume."
                 ) from e
             position = np.asarray([local["epoch"][-1], local["index"][-1]], np.int64)
             batch = {
@@ -250,6 +254,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             "Stopped by SIGTERM at step %d; checkpoint saved. Run the same command to resume.", step
         )
     return last
+
+
+def _error_text(error: Exception) -> str:
+    """The Python error inside a tf.data failure, without TensorFlow's op and iterator names."""
+    text = str(error).strip()
+    match = re.search(r"\b\w*(?:Error|Exception): (.+)", text)
+    return (match.group(1) if match else text or type(error).__name__).strip()
 
 
 def _stop_requested(stop: _StopSignal, step: int, config) -> bool:
