@@ -233,7 +233,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             if step % config.train.log_every == 0 or stopping:
                 last = _log(pending, step, plan, window_start, window_steps, writer, progress)
                 pending, window_start, window_steps = [], time.perf_counter(), 0
-                if not all(_finite(v) for k, v in last.items() if k in ("loss",)):
+                if not _finite(last["loss"]):
                     latest = checkpoints.latest_step()
                     checkpoints.close()
                     raise TrainingDiverged(
