@@ -27,7 +27,9 @@ from ssl_jax import config_lib  # noqa: E402
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
     parser = argparse.ArgumentParser(
-        prog="python -m ssl_jax.main", description=__doc__.split("\n\n")[0]
+        prog="python -m ssl_jax.main",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True)
     parser.add_argument("--workdir", required=False, default=None)
