@@ -46,7 +46,7 @@ class FileSource:
         return len(self.paths)
 
     def shard_size(self, process_index: int, process_count: int) -> int:
-        return len(range(process_index, self.num_examples, process_count))
+        return records.strided_shard_size(self.num_examples, process_index, process_count)
 
     def epoch_records(
         self,
@@ -59,18 +59,15 @@ class FileSource:
         shuffle_buffer: int,
     ) -> tf.data.Dataset:
         del shuffle_buffer  # the whole shard is permuted
-        records.check_shard(
-            self.shard_size(process_index, process_count),
-            self.num_examples,
-            process_index,
-            process_count,
-            f"{self.kind} {self.location}",
+        return records.strided_epoch(
+            {"path": self.paths, "label": self.labels},
+            epoch,
+            first,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+            what=f"{self.kind} {self.location}",
         )
-        columns = {
-            "path": self.paths[process_index::process_count],
-            "label": self.labels[process_index::process_count],
-        }
-        return records.array_epoch(columns, epoch, first, seed, process_index)
 
     def decode(self, record, *, min_short: int, watch=None, cache=None):
         return decode_lib.tf_decode(

@@ -56,3 +56,26 @@ def array_epoch(
     record["index"].set_shape([None])
     record["epoch"] = tf.fill(tf.shape(out[0]), tf.cast(epoch, tf.int64))
     return tf.data.Dataset.from_tensor_slices(record)
+
+
+def strided_shard_size(total: int, process_index: int, process_count: int) -> int:
+    """Records of process ``process_index`` when it takes every ``process_count``-th one."""
+    return len(range(process_index, total, process_count))
+
+
+def strided_epoch(
+    columns: dict[str, np.ndarray],
+    epoch: tf.Tensor,
+    first: tf.Tensor,
+    *,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    what: str,
+) -> tf.data.Dataset:
+    """One epoch of this process's shard (every ``process_count``-th row) of in-memory columns."""
+    total = len(next(iter(columns.values())))
+    size = strided_shard_size(total, process_index, process_count)
+    check_shard(size, total, process_index, process_count, what)
+    shard = {k: v[process_index::process_count] for k, v in columns.items()}
+    return array_epoch(shard, epoch, first, seed, process_index)
