@@ -24,7 +24,6 @@ from ssl_jax import config_lib
 
 TASKS = {
     "jigsaw": "ssl_jax.jigsaw.task",
-    "colorization": "ssl_jax.colorization.task",
 }
 
 
