@@ -119,9 +119,9 @@ def test_divergence_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def test_restore_positions_other_process_count():
-    assert checkpoint.process_position([[3, 17]], 10, 16) == (3, 17)
-    assert checkpoint.process_position(None, 0, 16) is None
-    assert checkpoint.process_position([[3, 17], [2, 40]], 10, 16) == (2, -1)
+    assert checkpoint.process_position([[3, 17]], 10) == (3, 17)
+    assert checkpoint.process_position(None, 0) is None
+    assert checkpoint.process_position([[3, 17], [2, 40]], 10) == (2, -1)
 
 
 def test_batch_must_split_over_devices():

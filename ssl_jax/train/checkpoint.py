@@ -55,9 +55,6 @@ class Checkpoints:
         positions = restored.data["positions"] if restored.data else None
         return restored.state, positions
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
@@ -68,7 +65,7 @@ def abstract_like(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def process_position(positions: Any, step: int, local_batch: int) -> tuple[int, int] | None:
+def process_position(positions: Any, step: int) -> tuple[int, int] | None:
     """This process's input position (epoch, index) from a checkpoint's saved positions.
 
     With the same number of processes the saved row is exact. With a different number the

@@ -169,7 +169,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if latest is not None:
         state, positions = checkpoints.restore(latest, ckpt_lib.abstract_like(state))
         start_step = int(jax.device_get(state["step"]))
-        start_position = ckpt_lib.process_position(positions, start_step, local_batch)
+        start_position = ckpt_lib.process_position(positions, start_step)
         logging.info("Resumed from the checkpoint at step %d in %s", start_step, workdir)
 
     batches = data_lib.pretrain_iterator(
