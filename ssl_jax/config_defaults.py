@@ -122,3 +122,45 @@ def runlocal_puzzle(c: ml_collections.ConfigDict, half_size: bool = True) -> Non
     c.optim.decay_epochs = (8.0,)
     c.train.log_every = 10
     c.train.checkpoint_every = 100
+
+
+def colorization(k: int = 10) -> ml_collections.ConfigDict:
+    """The Colorization fields (PROTOCOLS.md): soft encoding, rebalancing, targets, pictures."""
+    c = ml_collections.ConfigDict()
+    c.k = k  # nearest bins per pixel in the soft target: the problem-complexity axis (1 ... 313)
+    c.sigma = 5.0  # Gaussian width of the soft encoding, ab units
+    c.rebalance = True  # weight pixels by the rarity of their nearest bin (Zhang et al.)
+    c.rebalance_gamma = 0.5  # mix of priors and uniform
+    c.rebalance_alpha = 1.0  # exponent
+    # Bin priors: a .npy of 313 probabilities; empty estimates them from prior_images images of
+    # the pretraining data at the start of the run and stores them in the workdir.
+    c.priors_file = ""
+    c.prior_images = 10_000
+    c.prior_smoothing = 5.0  # Gaussian smoothing of the empirical priors, ab units (Zhang: 5)
+    c.gray_threshold = 5.0  # images with no |a| or |b| above this are left out of the loss
+    c.target_stride = 4  # target grid at 1/4 of the crop (56x56 for 224), Zhang's resolution
+    c.quantize = True  # round Lab to OpenCV's 8-bit values, as the paper's pipeline
+    c.temperature = 0.38  # annealed mean for pictures (Zhang et al.)
+    c.samples = 8  # images in the picture written at every checkpoint (0: none)
+    return c
+
+
+def colorization_input(c: ml_collections.ConfigDict, crop: int) -> None:
+    """Colorization's crops: resize the short side to 256, random crop, flip; no other change."""
+    c.input.resize_short = 256
+    c.input.crop = crop
+    c.input.flip = True
+
+
+def runlocal_colorization(c: ml_collections.ConfigDict) -> None:
+    """A short schedule on 112-pixel crops (28x28 targets) for CPU demos and tests."""
+    c.input.resize_short = 128
+    c.input.crop = 112
+    c.colorization.prior_images = 2048
+    c.model.bn_group_size = 16
+    c.optim.batch_size = 32
+    c.optim.epochs = 10.0
+    c.optim.warmup_epochs = 1.0
+    c.optim.decay_epochs = (8.0,)
+    c.train.log_every = 10
+    c.train.checkpoint_every = 200

@@ -3,8 +3,9 @@
 A pretext task is a module ``ssl_jax.<task>.task`` with
 
 - ``SCHEMA``: allowed values of its own config fields (see ``ssl_jax.config_lib``);
-- ``build(config) -> Pretext``: its network (trunk + head), how a batch becomes inputs and
-  targets on device, and its loss.
+- ``build(config, workdir) -> Pretext``: its network (trunk + head), how a batch becomes inputs
+  and targets on device, and its loss. ``workdir`` (None outside a run) is where a task keeps
+  what it derives from the data (Colorization's bin priors) and writes its pictures.
 
 The trainer knows nothing else about the task.
 """
@@ -24,6 +25,7 @@ from ssl_jax import config_lib
 
 TASKS = {
     "jigsaw": "ssl_jax.jigsaw.task",
+    "colorization": "ssl_jax.colorization.task",
 }
 
 
@@ -35,12 +37,15 @@ class Pretext(NamedTuple):
     prepare: ``(rng, batch) -> (inputs, targets)``, runs on device inside the jitted step; ``batch``
       holds the pipeline's arrays (``image`` uint8 (B, H, W, 3), ...).
     loss: ``(outputs, targets) -> (scalar loss, dict of scalar metrics)``.
+    report: optional ``(variables, step) -> None``, called on process 0 after each checkpoint
+      with the model's ``{"params", "batch_stats"}`` (Colorization writes a picture).
     """
 
     model: nn.Module
     example_inputs: jax.Array
     prepare: Callable[[jax.Array, dict[str, jax.Array]], tuple[Any, Any]]
     loss: Callable[[Any, Any], tuple[jax.Array, dict[str, jax.Array]]]
+    report: Callable[[dict[str, Any], int], None] | None = None
 
 
 def task_module(name: str):
@@ -59,8 +64,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         module.check_config(config)
 
 
-def build(config: ml_collections.ConfigDict) -> Pretext:
-    return task_module(config.task).build(config)
+def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Pretext:
+    return task_module(config.task).build(config, workdir)
 
 
 def compute_dtype(name: str) -> jnp.dtype:

@@ -27,3 +27,14 @@ def cifar10_dir():
     if not os.path.isdir(os.path.join(CIFAR10, "train")):
         pytest.skip(f"{CIFAR10} is not present")
     return CIFAR10
+
+
+REFERENCE = os.path.join(SHARED, "reference")
+
+
+@pytest.fixture(scope="session")
+def reference_dir():
+    """Zhang et al.'s pts_in_hull.npy and prior_probs.npy (test references; not shipped)."""
+    if not os.path.isfile(os.path.join(REFERENCE, "pts_in_hull.npy")):
+        pytest.skip(f"{REFERENCE} is not present")
+    return REFERENCE

@@ -103,7 +103,8 @@ def load_permutation_set(jig: ml_collections.ConfigDict):
     return perms
 
 
-def build(config: ml_collections.ConfigDict) -> Pretext:
+def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Pretext:
+    del workdir  # Jigsaw derives nothing from the data and draws no pictures
     check_config(config)
     jig = config.jigsaw
     dtype = compute_dtype(config.model.dtype)

@@ -150,7 +150,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     )
 
     # Task, optimizer, state. Initialisation is jitted straight into the replicated sharding.
-    pretext = tasks.build(config)
+    pretext = tasks.build(config, workdir)
     schedule = optim_lib.make_schedule(plan, config.optim.decay_factor)
     init_rng = jax.random.PRNGKey(config.seed)
     variables_shape = jax.eval_shape(
@@ -244,6 +244,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 if step % config.train.checkpoint_every == 0 or stopping:
                     positions = _gather_positions(position)
                     checkpoints.save(step, state, positions)
+                    if pretext.report is not None and jax.process_index() == 0:
+                        pretext.report(
+                            {"params": state["params"], "batch_stats": state["batch_stats"]}, step
+                        )
             if stopping:
                 break
     checkpoints.close()
