@@ -35,9 +35,7 @@ def soft_encode(ab: jnp.ndarray, k: int = 10, sigma: float = 5.0):
       weights: float32 (..., k), each row sums to 1.
     """
     if not 1 <= k <= NUM_BINS:
-        raise ValueError(
-            f"k={k} neighbours is outside [1, {NUM_BINS}]; set config.colorization.k."
-        )
+        raise ValueError(f"k={k} neighbours is outside [1, {NUM_BINS}]; set config.colorization.k.")
     ab = jnp.asarray(ab, jnp.float32)
     bins = jnp.asarray(ab_bins())
     neg_d2, indices = jax.lax.top_k(-_squared_distances(ab, bins), k)

@@ -56,6 +56,7 @@ def write_grid(rows: list[tuple[np.ndarray, ...]], path: str, gap: int = 4) -> s
       rows: per row, images as uint8 (H, W, 3) or float (H, W, 3) in [0, 1].
       path: the PNG file; its folder is created.
     """
+
     def to_uint8(image):
         image = np.asarray(image)
         if image.dtype != np.uint8:

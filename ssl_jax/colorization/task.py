@@ -298,13 +298,9 @@ def make_picture(model: nn.Module, col: ml_collections.ConfigDict):
         return predict.colorize(lightness[..., 0] + 50.0, logits, col.temperature)
 
     def picture(variables, images):
-        lab_gray = np.asarray(
-            predict.lab_to_rgb(
-                jnp.concatenate([rgb_to_lab(images)[..., :1], jnp.zeros(images.shape[:3] + (2,))], -1)
-            )
-        )
+        gray = np.asarray(predict.lab_to_rgb(rgb_to_lab(images) * jnp.array([1.0, 0.0, 0.0])))
         predicted = np.asarray(colour(variables, images))
-        return [(lab_gray[i], predicted[i], images[i]) for i in range(images.shape[0])]
+        return [(gray[i], predicted[i], images[i]) for i in range(images.shape[0])]
 
     return picture
 
@@ -323,9 +319,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Pret
     class_weights = None
     if col.rebalance:
         priors = run_priors(config, workdir)
-        class_weights = encode.rebalance_weights(
-            priors, col.rebalance_gamma, col.rebalance_alpha
-        )
+        class_weights = encode.rebalance_weights(priors, col.rebalance_gamma, col.rebalance_alpha)
     example = jnp.zeros((2, config.input.crop, config.input.crop, 1), jnp.float32)
 
     report = None
