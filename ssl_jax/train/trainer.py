@@ -7,6 +7,7 @@ only thing that differs between Jigsaw and Colorization.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -258,6 +259,59 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             "Stopped by SIGTERM at step %d; checkpoint saved. Run the same command to resume.", step
         )
     return last
+
+
+def restore_variables(
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> tuple[tasks.Pretext, int, dict[str, Any]]:
+    """The model variables of a pretraining run's checkpoint, for evaluation and pictures.
+
+    Args:
+      config: the run's config (``workdir/config.json`` holds it).
+      step: the checkpoint to read; None for the latest.
+
+    Returns:
+      (the task as built for this config, the step, {"params", "batch_stats"}), replicated.
+    """
+    pretext = tasks.build(config, workdir)
+    replicated = NamedSharding(make_mesh(), P())
+    rng = jax.random.PRNGKey(config.seed)
+    variables_shape = jax.eval_shape(
+        lambda: pretext.model.init(rng, pretext.example_inputs, train=False)
+    )
+    # The optimizer state's structure does not depend on the schedule's values.
+    tx = optim_lib.make_optimizer(
+        config.optim, lambda count: 0.0, variables_shape.get("batch_stats", {})
+    )
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(lambda r: init_state(config, pretext, tx, r), rng),
+    )
+    checkpoints = ckpt_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints)
+    try:
+        step = checkpoints.latest_step() if step is None else step
+        available = list(checkpoints.manager.all_steps())
+        if step is None or step not in available:
+            raise FileNotFoundError(
+                f"No checkpoint {'at all' if step is None else f'at step {step}'} in "
+                f"{checkpoints.directory}; available steps: {available}."
+            )
+        state, _ = checkpoints.restore(step, abstract)
+    finally:
+        checkpoints.close()
+    return pretext, int(step), {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run was started with (``workdir/config.json``, written by ssl_jax.main)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} does not exist: {workdir!r} is not a workdir written by "
+            "`python -m ssl_jax.main`."
+        )
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
 
 
 def _error_text(error: Exception) -> str:

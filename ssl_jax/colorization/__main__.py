@@ -1,0 +1,107 @@
+"""Colorization commands.
+
+python -m ssl_jax.colorization priors --config=configs/colorize_r50.py[:arg] --out=PRIORS.npy
+    [--images=N] [--config.key=value ...]
+  Estimates the 313 ab bin priors from the config's pretraining data (the target-grid pixels of
+  N colour images, smoothed as config.colorization.prior_smoothing) and writes PRIORS.npy with a
+  summary beside it (PRIORS.json). Pass it to a run with --config.colorization.priors_file;
+  without one, a run estimates its own at start-up and stores them in its workdir.
+
+python -m ssl_jax.colorization show --workdir=W [--step=S] [--out=FILE.png] [--num=8]
+    [--temperature=0.38]
+  Writes a PNG grid for a few crops of the run's own training data: grayscale input |
+  prediction (annealed mean) | ground truth, from the latest checkpoint (or step S). Default
+  output: W/samples/show_step_S.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
+def _priors(args, overrides) -> int:
+    from ssl_jax import config_lib, tasks
+    from ssl_jax.colorization import task
+
+    config = config_lib.load_config(args.config)
+    config_lib.apply_overrides(config, overrides)
+    tasks.validate(config)
+    if config.task != "colorization":
+        raise config_lib.ConfigError(
+            f"{args.config} is a config.task={config.task!r} config; priors need a "
+            "colorization config, e.g. configs/colorize_r50.py."
+        )
+    priors, summary = task.estimate_priors(config, args.images)
+    task.save_priors(args.out, priors, summary)
+    print(
+        f"Wrote {args.out}: priors of {summary['bins_seen']} of 313 bins seen in "
+        f"{summary['colour_images']} colour images ({summary['images']} read)."
+    )
+    return 0
+
+
+def _show(args) -> int:
+    from ssl_jax.colorization import predict, task
+    from ssl_jax.train import trainer
+
+    config = trainer.load_run_config(args.workdir)
+    if config.task != "colorization":
+        raise ValueError(f"{args.workdir} is a {config.task!r} run, not a colorization run.")
+    if args.temperature is not None:
+        config.colorization.temperature = args.temperature
+    pretext, step, variables = trainer.restore_variables(config, args.workdir, args.step)
+    picture = task.make_picture(pretext.model, config.colorization)
+    rows = picture(variables, task.sample_images(config, args.num))
+    out = args.out or os.path.join(args.workdir, "samples", f"show_step_{step:08d}.png")
+    predict.write_grid(rows, out)
+    print(f"Wrote {out}: grayscale input | prediction | ground truth, step {step}.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ssl_jax.colorization",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    priors = commands.add_parser("priors", help="estimate the ab bin priors of a config's data")
+    priors.add_argument("--config", required=True)
+    priors.add_argument("--out", required=True)
+    priors.add_argument("--images", type=int, default=None, help="default: the config's")
+    show = commands.add_parser("show", help="picture of a checkpoint's colourisations")
+    show.add_argument("--workdir", required=True)
+    show.add_argument("--step", type=int, default=None)
+    show.add_argument("--out", default=None)
+    show.add_argument("--num", type=int, default=8)
+    show.add_argument("--temperature", type=float, default=None)
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+
+    overrides = []
+    for item in rest:
+        key, sep, value = item.removeprefix("--config.").partition("=")
+        if args.command != "priors" or not item.startswith("--config.") or not sep:
+            parser.error(f"unrecognised argument {item!r}")
+        overrides.append((key, value))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("absl", "orbax", "jax._src", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from ssl_jax import config_lib
+
+    try:
+        if args.command == "priors":
+            return _priors(args, overrides)
+        return _show(args)
+    except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
