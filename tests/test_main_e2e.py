@@ -107,3 +107,36 @@ def test_sigterm_saves_a_checkpoint(tmp_path):
     last_logged = read_metrics(str(tmp_path))[-1]["step"]
     assert saved and saved[-1] == last_logged and saved[-1] < 640, saved
     assert "Stopped by SIGTERM" in open(tmp_path / "log.txt").read()
+
+
+def test_colorization_demo(tmp_path):
+    """README's Colorization demo: the loss falls and the picture is written."""
+    workdir = tmp_path / "colorize"
+    os.makedirs(workdir)
+    t0 = time.time()
+    with open(workdir / "log.txt", "w") as out:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ssl_jax.main",
+                "--config=configs/colorize_r50.py:runlocal",
+                f"--workdir={workdir}",
+                *QUIET,
+            ],
+            cwd=ROOT,
+            env=env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=1200,
+        )
+    seconds = time.time() - t0
+    assert proc.returncode == 0, open(workdir / "log.txt").read()[-3000:]
+    rows = read_metrics(str(workdir))
+    assert rows[-1]["step"] == 512
+    first = np.mean([r["loss"] for r in rows[:3]])
+    last = np.mean([r["loss"] for r in rows[-3:]])
+    assert last < first - 1.0, (first, last)
+    assert os.path.isfile(workdir / "samples" / "step_00000512.png")
+    assert os.path.isfile(workdir / "colorization_priors.npy")
+    print(f"colorization demo: {seconds:.0f} s, loss {first:.3f} -> {last:.3f}")
