@@ -246,9 +246,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     positions = _gather_positions(position)
                     checkpoints.save(step, state, positions)
                     if pretext.report is not None and jax.process_index() == 0:
-                        pretext.report(
-                            {"params": state["params"], "batch_stats": state["batch_stats"]}, step
-                        )
+                        # Host copies: a jitted call on the global arrays from one process alone
+                        # would wait for the others.
+                        variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+                        pretext.report(jax.device_get(variables), step)
             if stopping:
                 break
     checkpoints.close()
