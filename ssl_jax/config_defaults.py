@@ -159,8 +159,8 @@ def runlocal_colorization(c: ml_collections.ConfigDict) -> None:
     c.colorization.prior_images = 2048
     c.model.bn_group_size = 16
     c.optim.batch_size = 32
-    c.optim.epochs = 8.0
+    c.optim.epochs = 6.0
     c.optim.warmup_epochs = 1.0
-    c.optim.decay_epochs = (6.0,)
+    c.optim.decay_epochs = (5.0,)
     c.train.log_every = 8
     c.train.checkpoint_every = 128

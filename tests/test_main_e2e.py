@@ -133,10 +133,10 @@ def test_colorization_demo(tmp_path):
     seconds = time.time() - t0
     assert proc.returncode == 0, open(workdir / "log.txt").read()[-3000:]
     rows = read_metrics(str(workdir))
-    assert rows[-1]["step"] == 512
+    assert rows[-1]["step"] == 384
     first = np.mean([r["loss"] for r in rows[:3]])
     last = np.mean([r["loss"] for r in rows[-3:]])
     assert last < first - 1.0, (first, last)
-    assert os.path.isfile(workdir / "samples" / "step_00000512.png")
+    assert os.path.isfile(workdir / "samples" / "step_00000384.png")
     assert os.path.isfile(workdir / "colorization_priors.npy")
     print(f"colorization demo: {seconds:.0f} s, loss {first:.3f} -> {last:.3f}")
