@@ -1,10 +1,13 @@
-"""Times the Jigsaw train step (ResNet-50 and AlexNet) against the same network in PyTorch.
+"""Times the Jigsaw or Colorization train step (ResNet-50, AlexNet) against the same in PyTorch.
 
 Usage:
-  python benchmarks/train_step.py [--models resnet50,alexnet] [--batch_sizes 8,16,32]
-      [--steps N] [--dtype auto|float32|bfloat16] [--width 1.0] [--num_perms 2000] [--no_torch]
-      [--out benchmarks/results/train_step.json]
+  python benchmarks/train_step.py [--task jigsaw|colorization] [--models resnet50,alexnet]
+      [--batch_sizes 8,16,32] [--steps N] [--dtype auto|float32|bfloat16] [--width 1.0]
+      [--num_perms 2000] [--k 10] [--no_torch] [--out FILE]
+The default output is benchmarks/results/train_step.json for Jigsaw and
+benchmarks/results/colorization_train_step.json for Colorization.
 
+Jigsaw (the default task):
 JAX side: the library's own step, built as the trainer builds it: the config file
 (configs/jigsaw_r50.py or configs/jigsaw_alexnet.py) with overrides for the batch, compute dtype,
 width and |P|; tasks.build, optim.make_plan / make_schedule / make_optimizer for ImageNet-1k's
@@ -12,13 +15,34 @@ width and |P|; tasks.build, optim.make_plan / make_schedule / make_optimizer for
 Its input is a batch of random uint8 crops (B, 255, 255, 3) already on the device, so puzzle
 making (tile cutting at random offsets, grayscale, normalisation, permutation) is inside the step,
 as in training. config.model.bn_group_size stays at the paper's 32 images where the batch is a
-multiple of 32; a smaller batch is one group.
+multiple of 32; a smaller batch is one group (both tasks).
 
 PyTorch side: the same network written in torch (ResNet-50 v1.5 or the CFN AlexNet trunk, the
 same siamese head with BatchNorm over the same groups of images), the same puzzle making from the
 same uint8 (B, 255, 255, 3) crops, softmax cross-entropy, SGD with momentum 0.9 and weight decay
 1e-4 off BatchNorm; forward, backward and optimizer step. Both memory formats
 (torch.channels_last and contiguous NCHW) are timed for one step and the faster one is used.
+
+Colorization (--task colorization):
+JAX side: the library's step from configs/colorize_r50.py (ResNet-50, 224 crops, res5 at stride
+1 with dilation 2) or configs/colorize_alexnet.py (Zhang's AlexNet, 227 crops), with the same
+overrides and colorization.k = --k, colorization.rebalance = True and colorization.priors_file
+a smooth, Zhang-like prior (most mass near grey, a Gaussian of width 30 in ab) written to a
+temporary directory, so no data is read. Input: random uint8 crops (B, crop, crop, 3) on the
+device; Lab conversion, 8-bit quantisation, 4 x 4 pooling of ab to the 56 x 56 target grid, soft
+encoding over the K nearest bins and the rebalancing weights are inside the step.
+PyTorch side: the same network (ResNet-50 v1.5 on the L channel with res5 at stride 1 and
+dilation 2 in all of res5's 3x3 convs, as the library; or the colorization AlexNet: conv1
+96x11x11 stride 4, BatchNorm after every conv, no LRN, groups 2 on conv2/4/5, max pools after
+conv1 and conv2; pool5 is left out because nothing reads it, and XLA drops it from the JAX step
+too), BatchNorm over the same groups of images, a 1x1 conv to 313 logits, bilinear upsampling to
+56 x 56 (align_corners=False, as jax.image.resize), and the same targets computed in torch on the
+device from the same kind of uint8 crops (sRGB -> Lab with the library's formulas, 8-bit
+quantisation, 4 x 4 average pooling of ab, the K nearest of the 313 bins by torch.cdist + topk,
+Gaussian weights, the rebalancing weight of the nearest bin), the per-pixel soft cross-entropy
+over the pixels of colour images, and SGD as above.
+For both tasks, "prepare ms" is the input/target making alone (JAX: jax.jit(pretext.prepare);
+PyTorch: the same code as in its step), best of 3 calls after the timed steps.
 
 Timing: compilation and one warm-up step per side are excluded. Then the timed steps alternate
 JAX, PyTorch, JAX, PyTorch, ... (each blocked until done), so both sides see the same load on a
@@ -27,7 +51,7 @@ step down); the median is printed beside it, and "others" is how many CPU cores 
 kept busy during the timed steps (from /proc/stat), so a disturbed run shows itself.
 
 FLOPs per step come from XLA's cost analysis of the compiled JAX step (forward, backward,
-optimizer and puzzle making; XLA does not count multiplications with a convolution's zero
+optimizer and puzzle or target making; XLA does not count multiplications with a convolution's zero
 padding); the same count is used for the PyTorch row, which does the same work. An analytic
 forward count (2 x multiply-adds of every conv and fully-connected layer, padding included, from
 the torch model's output shapes) is printed as a check. The machine's matmul FLOP/s is measured
@@ -43,6 +67,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 
 import jax
@@ -52,16 +77,28 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.machine import machine_info as shared_machine_info  # noqa: E402
 from ssl_jax import config_lib, tasks  # noqa: E402
+from ssl_jax.colorization import encode as colorization_encode  # noqa: E402
+from ssl_jax.colorization import lab as lab_lib  # noqa: E402
+from ssl_jax.colorization.bins import NUM_BINS, ab_bins  # noqa: E402
 from ssl_jax.jigsaw import tiles as tiles_lib  # noqa: E402
 from ssl_jax.jigsaw.task import load_permutation_set  # noqa: E402
 from ssl_jax.train import optim, trainer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = {"resnet50": "configs/jigsaw_r50.py", "alexnet": "configs/jigsaw_alexnet.py"}
+CONFIGS = {
+    "jigsaw": {"resnet50": "configs/jigsaw_r50.py", "alexnet": "configs/jigsaw_alexnet.py"},
+    "colorization": {
+        "resnet50": "configs/colorize_r50.py",
+        "alexnet": "configs/colorize_alexnet.py",
+    },
+}
+DEFAULT_OUT = {"jigsaw": "train_step.json", "colorization": "colorization_train_step.json"}
 IMAGENET_TRAIN = 1_281_167
-CROP = 255
 BN_GROUP = 32  # images per BatchNorm group: config.model.bn_group_size of the paper configs
-CPU_BATCHES = {"resnet50": (4, 8, 16), "alexnet": (8, 16, 32)}
+CPU_BATCHES = {
+    "jigsaw": {"resnet50": (4, 8, 16), "alexnet": (8, 16, 32)},
+    "colorization": {"resnet50": (8, 16), "alexnet": (8, 16, 32)},
+}
 GPU_BATCHES = {"resnet50": (32, 64, 128, 256), "alexnet": (32, 64, 128, 256)}
 CPU_STEPS, GPU_STEPS = 3, 20
 
@@ -70,8 +107,25 @@ CPU_STEPS, GPU_STEPS = 3, 20
 # Machine
 
 
+def library_commit() -> str | None:
+    """The repository's HEAD commit, with "+changes" if ssl_jax/ differs from it."""
+    import subprocess
+
+    def git(*cmd):
+        return subprocess.run(
+            ["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        return head + ("+changes" if git("status", "--porcelain", "--", "ssl_jax") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def machine_info() -> dict:
     info = shared_machine_info()
+    info["library_commit"] = library_commit()
     try:
         import torch
 
@@ -155,21 +209,40 @@ def _sync(device) -> None:
 # JAX: the library's train step
 
 
-def jax_config(model: str, batch: int, dtype: str, width: float, num_perms: int):
-    config = config_lib.load_config(os.path.join(ROOT, CONFIGS[model]))
+def jax_config(task: str, model: str, batch: int, args):
+    """The task's config file for `model` with the benchmark's overrides, validated."""
+    config = config_lib.load_config(os.path.join(ROOT, CONFIGS[task][model]))
     group = BN_GROUP if batch % BN_GROUP == 0 else batch
-    config_lib.apply_overrides(
-        config,
-        [
-            ("optim.batch_size", str(batch)),
-            ("model.dtype", dtype),
-            ("model.width", str(width)),
-            ("model.bn_group_size", str(group)),
-            ("jigsaw.num_perms", str(num_perms)),
-        ],
-    )
+    overrides = [
+        ("optim.batch_size", str(batch)),
+        ("model.dtype", args.dtype),
+        ("model.width", str(args.width)),
+        ("model.bn_group_size", str(group)),
+    ]
+    if task == "jigsaw":
+        overrides.append(("jigsaw.num_perms", str(args.num_perms)))
+    else:
+        overrides += [
+            ("colorization.k", str(args.k)),
+            ("colorization.rebalance", "True"),
+            ("colorization.priors_file", args.priors_file),
+            ("colorization.samples", "0"),
+        ]
+    config_lib.apply_overrides(config, overrides)
     tasks.validate(config)
     return config
+
+
+def write_priors(directory: str) -> str:
+    """A smooth, Zhang-like prior over the 313 bins (a Gaussian of width 30 around grey), as .npy.
+
+    The benchmark's timings do not depend on the values; the file only spares reading data.
+    """
+    ab = ab_bins().astype(np.float64)
+    priors = np.exp(-np.square(ab).sum(-1) / (2 * 30.0**2))
+    path = os.path.join(directory, "priors.npy")
+    np.save(path, priors / priors.sum())
+    return path
 
 
 class JaxStep:
@@ -177,6 +250,7 @@ class JaxStep:
 
     def __init__(self, config, batch: int):
         pretext = tasks.build(config)
+        self.pretext = pretext
         plan = optim.make_plan(config.optim, IMAGENET_TRAIN)
         schedule = optim.make_schedule(plan, config.optim.decay_factor)
         init_rng = jax.random.PRNGKey(config.seed)
@@ -186,7 +260,8 @@ class JaxStep:
         tx = optim.make_optimizer(config.optim, schedule, shapes.get("batch_stats", {}))
         self.state = jax.jit(lambda rng: trainer.init_state(config, pretext, tx, rng))(init_rng)
         self.num_params = int(sum(x.size for x in jax.tree.leaves(self.state["params"])))
-        images = jax.random.randint(jax.random.PRNGKey(2), (batch, CROP, CROP, 3), 0, 256)
+        crop = config.input.crop
+        images = jax.random.randint(jax.random.PRNGKey(2), (batch, crop, crop, 3), 0, 256)
         self.batch = {"image": images.astype(jnp.uint8)}
         step = jax.jit(trainer.make_train_step(pretext, tx, schedule), donate_argnums=0)
         start = time.perf_counter()
@@ -198,6 +273,13 @@ class JaxStep:
     def __call__(self) -> None:
         self.state, metrics = self.compiled(self.state, self.batch)
         jax.block_until_ready((self.state, metrics))
+
+    def prepare_seconds(self, reps: int = 3) -> float:
+        """Best time of the task's input/target making alone, jitted on its own."""
+        prepare = jax.jit(self.pretext.prepare)
+        rng = jax.random.PRNGKey(3)
+        jax.block_until_ready(prepare(rng, self.batch))
+        return _best_time(lambda: jax.block_until_ready(prepare(rng, self.batch)), reps)
 
 
 def _cost(compiled, key: str) -> float | None:
@@ -215,6 +297,8 @@ def _cost(compiled, key: str) -> float | None:
 
 def torch_modules():
     """Builds the torch classes lazily so that --no_torch runs without torch installed."""
+    import types
+
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -250,12 +334,15 @@ def torch_modules():
         return max(2, 2 * round(c * width / 2))
 
     class Bottleneck(nn.Module):
-        def __init__(self, cin, planes, stride, rows):
+        def __init__(self, cin, planes, stride, rows, dilation=1):
             super().__init__()
             out = planes * 4
             self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
             self.bn1 = bn(planes, rows)
-            self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)  # v1.5: stride here
+            # v1.5: the stride sits on the 3x3 conv.
+            self.conv2 = nn.Conv2d(
+                planes, planes, 3, stride, dilation, dilation=dilation, bias=False
+            )
             self.bn2 = bn(planes, rows)
             self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
             self.bn3 = bn(out, rows)
@@ -270,11 +357,19 @@ def torch_modules():
             return F.relu(y + (x if self.down is None else self.down(x)))
 
     class ResNet50(nn.Module):
-        def __init__(self, width, rows):
+        """ResNet-50 v1.5 trunk; forward gives res5 pooled, or the res5 map with pool=False.
+
+        res5_stride=1 keeps res5 at 1/16 with dilation 2 in all of res5's 3x3 convs, as
+        ssl_jax's ResNet (torchvision's replace_stride_with_dilation leaves the first block's
+        3x3 conv undilated; the cost is the same).
+        """
+
+        def __init__(self, width, rows, in_channels=3, res5_stride=2, pool=True):
             super().__init__()
             stem = scaled(64, width)
+            self.pool = pool
             self.stem = nn.Sequential(
-                nn.Conv2d(3, stem, 7, 2, 3, bias=False),
+                nn.Conv2d(in_channels, stem, 7, 2, 3, bias=False),
                 bn(stem, rows),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, 2, 1),
@@ -282,15 +377,17 @@ def torch_modules():
             blocks, cin = [], stem
             for stage, num in enumerate((3, 4, 6, 3)):
                 planes = scaled(64 * 2**stage, width)
+                dilated = stage == 3 and res5_stride == 1
                 for i in range(num):
-                    stride = 2 if stage > 0 and i == 0 else 1
-                    blocks.append(Bottleneck(cin, planes, stride, rows))
+                    stride = 2 if stage > 0 and i == 0 and not dilated else 1
+                    blocks.append(Bottleneck(cin, planes, stride, rows, 2 if dilated else 1))
                     cin = planes * 4
             self.blocks = nn.Sequential(*blocks)
             self.num_features = cin
 
         def forward(self, x):
-            return self.blocks(self.stem(x)).mean(dim=(2, 3))
+            y = self.blocks(self.stem(x))
+            return y.mean(dim=(2, 3)) if self.pool else y
 
     class AlexNetCFN(nn.Module):
         """ssl_jax.models.AlexNet(variant="jigsaw"): LRN after pool1/pool2, BN on conv3-5."""
@@ -327,6 +424,50 @@ def torch_modules():
         def forward(self, x):
             return self.features(x).flatten(1)
 
+    class AlexNetColorization(nn.Module):
+        """ssl_jax.models.AlexNet(variant="colorization") up to conv5's ReLU (the head's input)."""
+
+        def __init__(self, width, rows):
+            super().__init__()
+            c1, c2, c3, c4, c5 = (even(c, width) for c in (96, 256, 384, 384, 256))
+
+            def conv_bn(cin, cout, kernel, stride, pad, groups=1):
+                return [
+                    nn.Conv2d(cin, cout, kernel, stride, pad, groups=groups, bias=False),
+                    bn(cout, rows),
+                    nn.ReLU(inplace=True),
+                ]
+
+            self.features = nn.Sequential(
+                *conv_bn(1, c1, 11, 4, 0),
+                nn.MaxPool2d(3, 2),
+                *conv_bn(c1, c2, 5, 1, 2, groups=2),
+                nn.MaxPool2d(3, 2),
+                *conv_bn(c2, c3, 3, 1, 1),
+                *conv_bn(c3, c4, 3, 1, 1, groups=2),
+                *conv_bn(c4, c5, 3, 1, 1, groups=2),
+            )
+            self.num_features = c5
+
+        def forward(self, x):
+            return self.features(x)
+
+    class ColorizationNet(nn.Module):
+        """ssl_jax.colorization.task.ColorizationNet: 1x1 conv to the bins, bilinear upsampling."""
+
+        def __init__(self, trunk, grid):
+            super().__init__()
+            self.trunk, self.grid = trunk, grid
+            self.classifier = nn.Conv2d(trunk.num_features, NUM_BINS, 1)
+
+        def forward(self, x):  # x: (B, 1, H, W), L - 50
+            logits = self.classifier(self.trunk(x))
+            if tuple(logits.shape[2:]) != (self.grid, self.grid):
+                logits = F.interpolate(
+                    logits.float(), (self.grid, self.grid), mode="bilinear", align_corners=False
+                )
+            return logits.float()
+
     class JigsawNet(nn.Module):
         """The siamese head of ssl_jax.jigsaw.task.JigsawNet, with head_bn=True."""
 
@@ -350,27 +491,22 @@ def torch_modules():
                 y = F.relu(self.hidden_bn(self.hidden(y)))
             return self.classifier(y)
 
-    return ResNet50, AlexNetCFN, JigsawNet
+    return types.SimpleNamespace(
+        ResNet50=ResNet50,
+        AlexNetCFN=AlexNetCFN,
+        AlexNetColorization=AlexNetColorization,
+        JigsawNet=JigsawNet,
+        ColorizationNet=ColorizationNet,
+    )
 
 
 class TorchStep:
-    """Puzzle making + forward + backward + SGD step in torch, on the same uint8 crops."""
+    """forward + loss + backward + SGD step in torch; subclasses make the inputs and the loss."""
 
-    def __init__(self, config, batch: int, device: str, channels_last: bool, autocast: bool):
+    def _setup(self, model, config, device: str, channels_last: bool, autocast: bool) -> None:
         import torch
 
-        ResNet50, AlexNetCFN, JigsawNet = torch_modules()
-        jig, width = config.jigsaw, config.model.width
-        tiles = jig.grid**2
-        group = config.model.bn_group_size or batch
-        rows = group * tiles
-        if config.model.name == "resnet":
-            trunk = ResNet50(width, rows)
-        else:
-            trunk = AlexNetCFN(width, rows, jig.tile)
-        self.model = JigsawNet(
-            trunk, tiles, jig.tile_features, jig.hidden_features, jig.num_perms, group
-        ).to(device)
+        self.model = model.to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.train()
@@ -394,57 +530,50 @@ class TorchStep:
             momentum=config.optim.momentum,
         )
         self.device, self.channels_last, self.autocast = device, channels_last, autocast
-        self.grid, self.cell, self.tile = jig.grid, jig.cell, jig.tile
-        self.gray_prob = jig.gray_prob
-        gen = torch.Generator().manual_seed(0)
-        self.images = torch.randint(0, 256, (batch, CROP, CROP, 3), generator=gen)
-        self.images = self.images.to(torch.uint8).to(device)
-        perms = load_permutation_set(jig)  # the library's set (cached after the JAX build)
-        self.perms = torch.as_tensor(np.asarray(perms), dtype=torch.long, device=device)
-        rows_, cols_ = np.divmod(np.arange(tiles), jig.grid)
-        self.origin = torch.as_tensor(np.stack([rows_, cols_], -1) * jig.cell, device=device)
-        self.arange = torch.arange(jig.tile, device=device)
-        self.luma = torch.tensor(tiles_lib.LUMA, device=device)
-        self.mean = torch.tensor(config.input.mean, device=device)
-        self.std = torch.tensor(config.input.std, device=device)
 
-    def puzzles(self):
-        """(B * 9, 3, T, T) float tiles in slot order (image-major) and (B,) labels."""
+    def _random_crops(self, batch: int, crop: int):
         import torch
 
-        images, dev = self.images, self.device
-        batch, tiles = images.shape[0], self.grid**2
-        offsets = torch.randint(0, max(self.cell - self.tile, 1), (batch, tiles, 2), device=dev)
-        starts = self.origin[None] + offsets  # (B, 9, 2)
-        ys = starts[..., 0, None] + self.arange  # (B, 9, T)
-        xs = starts[..., 1, None] + self.arange
-        b = torch.arange(batch, device=dev)[:, None, None, None]
-        t = images[b, ys[..., :, None], xs[..., None, :]]  # (B, 9, T, T, 3) uint8
-        t = t.float() / 255.0
-        gray = torch.rand(batch, device=dev) < self.gray_prob
-        luma = (t * self.luma).sum(-1, keepdim=True)
-        t = torch.where(gray[:, None, None, None, None], luma.expand_as(t), t)
-        t = (t - self.mean) / self.std
-        labels = torch.randint(0, self.perms.shape[0], (batch,), device=dev)
-        order = self.perms[labels]  # (B, 9): slot i receives tile order[i]
-        t = t[torch.arange(batch, device=dev)[:, None], order]
-        x = t.reshape(batch * tiles, self.tile, self.tile, 3).permute(0, 3, 1, 2)
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        return x.contiguous(memory_format=fmt), labels
+        gen = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (batch, crop, crop, 3), generator=gen)
+        return images.to(torch.uint8).to(self.device)
+
+    def _memory_format(self):
+        import torch
+
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def prepare(self):
+        """(network input, targets) from the uint8 crops, on the device."""
+        raise NotImplementedError
+
+    def loss(self, outputs, targets):
+        raise NotImplementedError
 
     def __call__(self) -> None:
         import torch
-        import torch.nn.functional as F
 
-        x, labels = self.puzzles()
+        x, targets = self.prepare()
         with torch.autocast(self.device.split(":")[0], torch.bfloat16, enabled=self.autocast):
-            logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), labels)
+            outputs = self.model(x)
+        loss = self.loss(outputs, targets)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         loss.item()  # waits for the step, as block_until_ready does
         _sync(self.device)
+
+    def prepare_seconds(self, reps: int = 3) -> float:
+        """Best time of the input/target making alone."""
+        import torch
+
+        def run():
+            with torch.no_grad():
+                self.prepare()
+            _sync(self.device)
+
+        run()
+        return _best_time(run, reps)
 
     def forward_flops(self) -> int:
         """2 x multiply-adds of every conv and linear layer in one forward pass of the batch."""
@@ -466,20 +595,172 @@ class TorchStep:
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
         ]
         with torch.no_grad():
-            self.model(self.puzzles()[0])
+            self.model(self.prepare()[0])
         for h in handles:
             h.remove()
         return total[0]
+
+
+class JigsawTorchStep(TorchStep):
+    """Puzzle making + forward + backward + SGD step in torch, on the same uint8 crops."""
+
+    def __init__(self, config, batch: int, device: str, channels_last: bool, autocast: bool):
+        import torch
+
+        modules = torch_modules()
+        jig, width = config.jigsaw, config.model.width
+        tiles = jig.grid**2
+        group = config.model.bn_group_size or batch
+        rows = group * tiles
+        if config.model.name == "resnet":
+            trunk = modules.ResNet50(width, rows)
+        else:
+            trunk = modules.AlexNetCFN(width, rows, jig.tile)
+        model = modules.JigsawNet(
+            trunk, tiles, jig.tile_features, jig.hidden_features, jig.num_perms, group
+        )
+        self._setup(model, config, device, channels_last, autocast)
+        self.grid, self.cell, self.tile = jig.grid, jig.cell, jig.tile
+        self.gray_prob = jig.gray_prob
+        self.images = self._random_crops(batch, config.input.crop)
+        perms = load_permutation_set(jig)  # the library's set (cached after the JAX build)
+        self.perms = torch.as_tensor(np.asarray(perms), dtype=torch.long, device=device)
+        rows_, cols_ = np.divmod(np.arange(tiles), jig.grid)
+        self.origin = torch.as_tensor(np.stack([rows_, cols_], -1) * jig.cell, device=device)
+        self.arange = torch.arange(jig.tile, device=device)
+        self.luma = torch.tensor(tiles_lib.LUMA, device=device)
+        self.mean = torch.tensor(config.input.mean, device=device)
+        self.std = torch.tensor(config.input.std, device=device)
+
+    def prepare(self):
+        """(B * 9, 3, T, T) float tiles in slot order (image-major) and (B,) labels."""
+        import torch
+
+        images, dev = self.images, self.device
+        batch, tiles = images.shape[0], self.grid**2
+        offsets = torch.randint(0, max(self.cell - self.tile, 1), (batch, tiles, 2), device=dev)
+        starts = self.origin[None] + offsets  # (B, 9, 2)
+        ys = starts[..., 0, None] + self.arange  # (B, 9, T)
+        xs = starts[..., 1, None] + self.arange
+        b = torch.arange(batch, device=dev)[:, None, None, None]
+        t = images[b, ys[..., :, None], xs[..., None, :]]  # (B, 9, T, T, 3) uint8
+        t = t.float() / 255.0
+        gray = torch.rand(batch, device=dev) < self.gray_prob
+        luma = (t * self.luma).sum(-1, keepdim=True)
+        t = torch.where(gray[:, None, None, None, None], luma.expand_as(t), t)
+        t = (t - self.mean) / self.std
+        labels = torch.randint(0, self.perms.shape[0], (batch,), device=dev)
+        order = self.perms[labels]  # (B, 9): slot i receives tile order[i]
+        t = t[torch.arange(batch, device=dev)[:, None], order]
+        x = t.reshape(batch * tiles, self.tile, self.tile, 3).permute(0, 3, 1, 2)
+        return x.contiguous(memory_format=self._memory_format()), labels
+
+    def loss(self, logits, labels):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits.float(), labels)
+
+
+class ColorizationTorchStep(TorchStep):
+    """Lab targets + forward + rebalanced soft cross-entropy + backward + SGD step in torch."""
+
+    def __init__(
+        self, config, batch: int, device: str, channels_last: bool, autocast: bool, priors
+    ):
+        import torch
+
+        modules = torch_modules()
+        col, width = config.colorization, config.model.width
+        rows = config.model.bn_group_size or batch
+        if config.model.name == "resnet":
+            trunk = modules.ResNet50(width, rows, in_channels=1, res5_stride=1, pool=False)
+        else:
+            trunk = modules.AlexNetColorization(width, rows)
+        crop = config.input.crop
+        self.stride, self.grid = col.target_stride, crop // col.target_stride
+        self._setup(
+            modules.ColorizationNet(trunk, self.grid), config, device, channels_last, autocast
+        )
+        self.k, self.sigma, self.gray_threshold = col.k, col.sigma, col.gray_threshold
+        self.images = self._random_crops(batch, crop)
+        table = lab_lib._srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0, np)
+        self.linear = torch.tensor(table, dtype=torch.float32, device=device)
+        # The library's Lab formulas as two 3x3 matrices (RGB -> XYZ / white; f(XYZ) -> Lab) and
+        # an affine map to OpenCV's 8-bit values: a few whole-tensor ops instead of one per
+        # formula term, since eager PyTorch makes one pass over the crops per op.
+        xyz = np.asarray(lab_lib.XYZ_FROM_RGB) / np.asarray(lab_lib.D65_WHITE)[:, None]
+        lab = np.array([[0.0, 116.0, 0.0], [500.0, -500.0, 0.0], [0.0, 200.0, -200.0]])
+        self.xyz_t = torch.tensor(xyz.T, dtype=torch.float32, device=device)
+        self.lab_t = torch.tensor(lab.T * [2.55, 1.0, 1.0], dtype=torch.float32, device=device)
+        self.lab_shift = torch.tensor([-16.0 * 2.55, 128.0, 128.0], device=device)
+        self.bins = torch.as_tensor(ab_bins().copy(), device=device)
+        weights = colorization_encode.rebalance_weights(
+            priors, col.rebalance_gamma, col.rebalance_alpha
+        )
+        self.class_weights = torch.as_tensor(weights, device=device)
+
+    def _lab(self, images):
+        """(B, H, W) L and (B, H, W, 2) ab, float32, rounded to OpenCV's 8-bit values."""
+        import torch
+
+        t = self.linear[images.long()] @ self.xyz_t  # XYZ / white
+        eps, kappa = lab_lib._EPSILON, lab_lib._KAPPA
+        f = torch.where(t > eps, t.clamp_min(0.0).pow(1.0 / 3.0), t * kappa + 16.0 / 116.0)
+        q = torch.addmm(self.lab_shift, f.reshape(-1, 3), self.lab_t).round_().clamp_(0, 255)
+        q = q.reshape(t.shape)
+        return q[..., 0] * (100.0 / 255.0), q[..., 1:] - 128.0
+
+    def prepare(self):
+        """(B, 1, H, W) L - 50, and the targets on the (grid, grid) target grid."""
+        import torch
+
+        lightness, ab = self._lab(self.images)
+        batch, s, h = ab.shape[0], self.stride, self.grid
+        ab_grid = ab[:, : h * s, : h * s].reshape(batch, h, s, h, s, 2).mean(dim=(2, 4))
+        colour = ab.abs().amax(dim=(1, 2, 3)) > self.gray_threshold
+        dist, indices = torch.cdist(ab_grid.reshape(-1, 2), self.bins).topk(self.k, largest=False)
+        weights = torch.softmax(-dist.square() / (2.0 * self.sigma**2), dim=-1)
+        pixel_weights = self.class_weights[indices[:, 0]] * colour.repeat_interleave(h * h)
+
+        def grid(t):  # (B * h * h, k) -> (B, k, h, h), the logits' layout
+            return t.reshape(batch, h, h, -1).permute(0, 3, 1, 2)
+
+        x = (lightness - 50.0)[:, None].contiguous(memory_format=self._memory_format())
+        targets = {
+            "indices": grid(indices),
+            "weights": grid(weights),
+            "pixel_weights": pixel_weights.reshape(batch, h, h),
+            "count": colour.sum() * (h * h),
+        }
+        return x, targets
+
+    def loss(self, logits, targets):
+        import torch
+
+        log_probs = torch.log_softmax(logits.float(), dim=1)
+        picked = log_probs.gather(1, targets["indices"])  # (B, k, h, h)
+        ce = -(targets["weights"] * picked).sum(dim=1)
+        return (ce * targets["pixel_weights"]).sum() / targets["count"].clamp_min(1)
 
 
 # ---------------------------------------------------------------------------------------------
 # One (model, batch) point
 
 
+def make_torch_step(config, batch, device, channels_last, autocast, priors_file):
+    if config.task == "jigsaw":
+        return JigsawTorchStep(config, batch, device, channels_last, autocast)
+    priors = np.load(priors_file)
+    return ColorizationTorchStep(config, batch, device, channels_last, autocast, priors)
+
+
 def run_point(model, batch, args, torch_device) -> list[dict]:
     dtype = args.dtype
-    config = jax_config(model, batch, dtype, args.width, args.num_perms)
-    print(f"\n== {model}, batch {batch}, dtype {dtype}, width {args.width} ==", flush=True)
+    config = jax_config(args.task, model, batch, args)
+    print(
+        f"\n== {args.task}, {model}, batch {batch}, dtype {dtype}, width {args.width} ==",
+        flush=True,
+    )
     jstep = JaxStep(config, batch)
     jstep()  # warm-up
     print(
@@ -491,8 +772,13 @@ def run_point(model, batch, args, torch_device) -> list[dict]:
     if torch_device is not None:
         candidates = {}
         for name in ("channels_last", "contiguous"):
-            candidates[name] = TorchStep(
-                config, batch, torch_device, name == "channels_last", dtype == "bfloat16"
+            candidates[name] = make_torch_step(
+                config,
+                batch,
+                torch_device,
+                name == "channels_last",
+                dtype == "bfloat16",
+                args.priors_file,
             )
             candidates[name]()  # warm-up
             fmt_times[name] = timed_step(candidates[name])["s"]
@@ -512,12 +798,18 @@ def run_point(model, batch, args, torch_device) -> list[dict]:
         jax_times.append(timed_step(jstep))
         if tstep is not None:
             torch_times.append(timed_step(tstep))
+    task_fields = (
+        {"num_perms": args.num_perms}
+        if args.task == "jigsaw"
+        else {"k": args.k, "crop": config.input.crop, "rebalance": True}
+    )
     common = {
+        "task": args.task,
         "model": model,
         "batch": batch,
         "dtype": dtype,
         "width": args.width,
-        "num_perms": args.num_perms,
+        **task_fields,
         "bn_group_size": config.model.bn_group_size,
         "gflop_per_step": jstep.flops / 1e9 if jstep.flops else None,
         "analytic_forward_gflop": fwd_flops / 1e9 if fwd_flops else None,
@@ -530,6 +822,7 @@ def run_point(model, batch, args, torch_device) -> list[dict]:
             steps=jax_times,
             compile_s=jstep.compile_s,
             xla_bytes_accessed=jstep.bytes,
+            prepare_ms=jstep.prepare_seconds() * 1e3,
         )
     ]
     if tstep is not None:
@@ -541,6 +834,7 @@ def run_point(model, batch, args, torch_device) -> list[dict]:
                 steps=torch_times,
                 memory_format="channels_last" if tstep.channels_last else "contiguous",
                 one_step_by_format_s=fmt_times,
+                prepare_ms=tstep.prepare_seconds() * 1e3,
             )
         )
     for row in rows:
@@ -566,7 +860,8 @@ def run_point(model, batch, args, torch_device) -> list[dict]:
 def print_table(rows):
     head = (
         f"{'model':<9} {'batch':>5} {'fw':<6} {'ms/step':>8} {'median':>8} {'img/s':>7} "
-        f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'of peak':>8} {'JAX/torch':>9} {'others':>6}"
+        f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'of peak':>8} {'JAX/torch':>9} {'others':>6} "
+        f"{'prep ms':>7}"
     )
     print("\n" + head + "\n" + "-" * len(head))
     nan = float("nan")
@@ -579,18 +874,20 @@ def print_table(rows):
             f"{r['ms_per_step_median']:>8.0f} {r['images_per_s']:>7.2f} "
             f"{r['gflop_per_step'] or nan:>10.1f} {r['achieved_gflop_s'] or nan:>8.1f} "
             f"{nan if frac is None else frac:>8.1%} {'' if ratio is None else f'{ratio:.2f}x':>9} "
-            f"{nan if others is None else others:>6.2f}"
+            f"{nan if others is None else others:>6.2f} {r.get('prepare_ms', nan):>7.0f}"
         )
     print(
         "ms/step: best timed step (images/s, GFLOP/s and JAX/torch from it); median: median step."
         "\nJAX/torch = torch ms/step / JAX ms/step (above 1: JAX faster). 'of peak': achieved"
         " FLOP/s over the measured JAX matmul FLOP/s.\nothers: mean CPU cores other processes"
-        " kept busy during the timed steps (/proc/stat)."
+        " kept busy during the timed steps (/proc/stat).\nprep ms: input/target making alone,"
+        " best of 3 (part of ms/step)."
     )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="jigsaw", choices=sorted(CONFIGS))
     parser.add_argument("--models", default="resnet50,alexnet")
     parser.add_argument("--batch_sizes", default="", help="default: per model, by backend")
     parser.add_argument(
@@ -598,12 +895,17 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--num_perms", type=int, default=2000)
+    parser.add_argument("--num_perms", type=int, default=2000, help="Jigsaw's |P|")
+    parser.add_argument("--k", type=int, default=10, help="Colorization's soft-encoding K")
     parser.add_argument("--no_torch", action="store_true")
     parser.add_argument(
-        "--out", default=os.path.join(ROOT, "benchmarks", "results", "train_step.json")
+        "--out",
+        default="",
+        help="default: benchmarks/results/train_step.json (jigsaw) or "
+        "benchmarks/results/colorization_train_step.json (colorization)",
     )
     args = parser.parse_args(argv)
+    args.out = args.out or os.path.join(ROOT, "benchmarks", "results", DEFAULT_OUT[args.task])
     backend = jax.default_backend()
     on_accelerator = backend in ("gpu", "tpu")
     if args.dtype == "auto":
@@ -611,9 +913,15 @@ def main(argv=None) -> int:
     args.steps = args.steps or (GPU_STEPS if on_accelerator else CPU_STEPS)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
-        if m not in CONFIGS:
-            parser.error(f"--models: unknown model {m!r}; allowed: {sorted(CONFIGS)}")
+        if m not in CONFIGS[args.task]:
+            parser.error(f"--models: unknown model {m!r}; allowed: {sorted(CONFIGS[args.task])}")
+    with tempfile.TemporaryDirectory() as priors_dir:
+        args.priors_file = write_priors(priors_dir) if args.task == "colorization" else ""
+        return run(args, models, on_accelerator, backend, argv)
 
+
+def run(args, models, on_accelerator: bool, backend: str, argv) -> int:
+    """Times every (model, batch) point of args and writes args.out."""
     info = machine_info()
     torch_device, torch_note = None, None
     if not args.no_torch:
@@ -659,7 +967,7 @@ def main(argv=None) -> int:
         if args.batch_sizes:
             batches = [int(b) for b in args.batch_sizes.split(",")]
         else:
-            batches = (GPU_BATCHES if on_accelerator else CPU_BATCHES)[model]
+            batches = (GPU_BATCHES if on_accelerator else CPU_BATCHES[args.task])[model]
         for batch in batches:
             rows.extend(run_point(model, batch, args, torch_device))
     peaks_end = measure_peaks()
@@ -678,6 +986,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     result = {
         "command": " ".join(["python benchmarks/train_step.py", *argv]),
+        "task": args.task,
         "machine": info,
         "matmul_gflop_s_start": peaks_start,
         "matmul_gflop_s_end": peaks_end,
