@@ -30,7 +30,7 @@ TABLE_LIMIT = 160.0  # the table covers [-160, 160)^2; values outside use the ne
 MAX_CANDIDATES = 128  # beyond this many candidates per cell, search all 313 bins
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def candidate_table(k: int) -> np.ndarray | None:
     """int32 (cells, C): per ab cell (row-major over a and b), the candidate bins in increasing
     index order, padded with the index 313 (a point far away); None where C would exceed
