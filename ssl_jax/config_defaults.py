@@ -115,13 +115,24 @@ def runlocal_puzzle(c: ml_collections.ConfigDict, half_size: bool = True) -> Non
         c.input.crop = 111
         c.jigsaw.cell = 37
         c.jigsaw.tile = 32
+    runlocal_schedule(c, epochs=10.0, decay_epochs=(8.0,), log_every=10, checkpoint_every=100)
+
+
+def runlocal_schedule(
+    c: ml_collections.ConfigDict,
+    epochs: float,
+    decay_epochs: tuple[float, ...],
+    log_every: int,
+    checkpoint_every: int,
+) -> None:
+    """The CPU-demo schedule every task shares: batch 32 in BN groups of 16, 1 warm-up epoch."""
     c.model.bn_group_size = 16
     c.optim.batch_size = 32
-    c.optim.epochs = 10.0
+    c.optim.epochs = epochs
     c.optim.warmup_epochs = 1.0
-    c.optim.decay_epochs = (8.0,)
-    c.train.log_every = 10
-    c.train.checkpoint_every = 100
+    c.optim.decay_epochs = decay_epochs
+    c.train.log_every = log_every
+    c.train.checkpoint_every = checkpoint_every
 
 
 def colorization(k: int = 10) -> ml_collections.ConfigDict:
@@ -157,10 +168,4 @@ def runlocal_colorization(c: ml_collections.ConfigDict) -> None:
     c.input.resize_short = 128
     c.input.crop = 112
     c.colorization.prior_images = 2048
-    c.model.bn_group_size = 16
-    c.optim.batch_size = 32
-    c.optim.epochs = 6.0
-    c.optim.warmup_epochs = 1.0
-    c.optim.decay_epochs = (5.0,)
-    c.train.log_every = 8
-    c.train.checkpoint_every = 128
+    runlocal_schedule(c, epochs=6.0, decay_epochs=(5.0,), log_every=8, checkpoint_every=128)
