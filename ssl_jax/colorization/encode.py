@@ -100,6 +100,18 @@ def nearest_bin(ab: jnp.ndarray) -> jnp.ndarray:
     return jnp.argmin(_squared_distances(jnp.asarray(ab, jnp.float32), ab_bins()), axis=-1)
 
 
+def is_bin_distribution(values: np.ndarray) -> bool:
+    """Whether ``values`` can be normalised into bin probabilities: (313,), finite, non-negative,
+    with a positive sum."""
+    values = np.asarray(values)
+    return bool(
+        values.shape == (NUM_BINS,)
+        and np.isfinite(values).all()
+        and (values >= 0).all()
+        and values.sum() > 0
+    )
+
+
 def smooth_priors(counts: np.ndarray, sigma: float = 5.0) -> np.ndarray:
     """Bin frequencies from counts, smoothed with a Gaussian over the ab plane (Zhang et al.).
 
@@ -111,12 +123,7 @@ def smooth_priors(counts: np.ndarray, sigma: float = 5.0) -> np.ndarray:
       float64 (313,) summing to 1.
     """
     counts = np.asarray(counts, np.float64)
-    if (
-        counts.shape != (NUM_BINS,)
-        or not np.isfinite(counts).all()
-        or (counts < 0).any()
-        or counts.sum() <= 0
-    ):
+    if not is_bin_distribution(counts):
         raise ValueError(
             f"Bin counts must be {NUM_BINS} non-negative numbers with a positive sum; got shape "
             f"{counts.shape}, sum {counts.sum()}."
@@ -141,12 +148,7 @@ def rebalance_weights(priors: np.ndarray, gamma: float = 0.5, alpha: float = 1.0
       float32 (313,).
     """
     priors = np.asarray(priors, np.float64)
-    if (
-        priors.shape != (NUM_BINS,)
-        or not np.isfinite(priors).all()
-        or (priors < 0).any()
-        or priors.sum() <= 0
-    ):
+    if not is_bin_distribution(priors):
         raise ValueError(
             f"priors must be {NUM_BINS} finite non-negative numbers with a positive sum, got "
             f"shape {priors.shape}, sum {priors.sum()}; "

@@ -238,9 +238,10 @@ def save_priors(path: str, priors: np.ndarray, summary: dict) -> None:
 
 def load_priors(path: str) -> np.ndarray:
     priors = np.load(path)
-    if priors.shape != (NUM_BINS,) or not np.isfinite(priors).all() or (priors < 0).any():
+    if not encode.is_bin_distribution(priors):
         raise config_lib.ConfigError(
-            f"{path} does not hold {NUM_BINS} finite non-negative priors (shape {priors.shape}); "
+            f"{path} does not hold {NUM_BINS} finite non-negative priors with a positive sum "
+            f"(shape {priors.shape}); "
             "make it with `python -m ssl_jax.colorization priors`."
         )
     return priors / priors.sum()
