@@ -408,6 +408,24 @@ def test_soft_encode_shapes():
         np.testing.assert_allclose(np.asarray(weights).reshape(-1, k), np.asarray(flat_w))
 
 
+@pytest.mark.parametrize("k", [10, 200])
+def test_soft_encode_cpu_chunks_match_one_call(ab_sets, k):
+    # Enough rows for the chunked CPU top-k, and a count that does not divide into the chunks;
+    # every block of the reference call is below the chunking threshold.
+    from ssl_jax.colorization import encode
+
+    rows = encode.CPU_TOP_K_CHUNKS * encode.CPU_TOP_K_MIN_ROWS + 3
+    ab = ab_sets["uniform"][:rows]
+    indices, weights = soft_encode(jnp.asarray(ab), k=k)
+    block = encode.CPU_TOP_K_MIN_ROWS
+    parts = [soft_encode(jnp.asarray(ab[i : i + block]), k=k) for i in range(0, rows, block)]
+    np.testing.assert_array_equal(np.asarray(indices), np.concatenate([p[0] for p in parts]))
+    # Weights to float32 rounding (the softmax is fused differently at another size).
+    np.testing.assert_allclose(
+        np.asarray(weights), np.concatenate([p[1] for p in parts]), rtol=1e-5, atol=1e-7
+    )
+
+
 @pytest.mark.parametrize("k", [0, -1, 314])
 def test_soft_encode_rejects_bad_k(k):
     with pytest.raises(ValueError, match=rf"k={k}\b"):
