@@ -1,0 +1,1 @@
+"""Transfer benchmarks on frozen features."""
