@@ -1,0 +1,340 @@
+"""VOC07 SVM benchmark: AP, the liblinear path against a straight re-implementation, the jax
+solver against liblinear, low-shot sampling, bad inputs and the command line."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.svm import LinearSVC
+
+from ssl_jax.evals import svm, svm_jax
+
+COSTS = (1e-4, 1e-2, 0.0625, 0.5, 1.0, 10.0)
+
+
+def reference_vocap(scores, labels):
+    """VOCdevkit VOCap, translated literally: sort(-conf) (stable), cumsum tp/fp, envelope."""
+    keep = [i for i in range(len(labels)) if labels[i] != -1]
+    conf = [float(scores[i]) for i in keep]
+    gt = [int(labels[i]) for i in keep]
+    order = sorted(range(len(conf)), key=lambda i: -conf[i])  # Python's sort is stable
+    npos = sum(g == 1 for g in gt)
+    tp, fp, rec, prec = 0, 0, [], []
+    for i in order:
+        tp += gt[i] == 1
+        fp += gt[i] != 1
+        rec.append(tp / npos)
+        prec.append(tp / (tp + fp))
+    mrec = [0.0] + rec + [1.0]
+    mpre = [0.0] + prec + [0.0]
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    return sum(
+        (mrec[i] - mrec[i - 1]) * mpre[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1]
+    )
+
+
+def make_data(n_train=240, n_test=200, dim=24, classes=4, seed=0):
+    """Multi-label, non-negative features with partial class signal and some difficult labels."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    z = rng.standard_normal((n, 8))
+    heads = rng.standard_normal((8, classes))
+    logit = z @ heads + rng.standard_normal((n, classes))
+    labels = (logit > np.quantile(logit, 0.8, axis=0)).astype(np.int8)
+    labels[(labels == 1) & (rng.random((n, classes)) < 0.1)] = -1
+    x = np.maximum(z @ rng.standard_normal((8, dim)) + 0.5 * rng.standard_normal((n, dim)), 0)
+    x = x.astype(np.float32)
+    return x[:n_train], labels[:n_train], x[n_train:], labels[n_train:]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_data()
+
+
+@pytest.fixture(scope="module")
+def sklearn_result(data):
+    return svm.evaluate(*data, costs=COSTS, solver="sklearn", n_jobs=1)
+
+
+@pytest.fixture(scope="module")
+def jax_result(data):
+    return svm.evaluate(*data, costs=COSTS, solver="jax")
+
+
+# --- AP -----------------------------------------------------------------------------------------
+
+
+def test_voc07_ap_hand_cases():
+    assert svm.voc07_ap(np.array([3.0, 2.0, 1.0]), np.array([1, 0, 0])) == 1.0
+    # ranks: neg, pos, neg, pos -> precisions 1/2 at recall .5, 2/4 at recall 1.
+    assert svm.voc07_ap(np.array([4.0, 3.0, 2.0, 1.0]), np.array([0, 1, 0, 1])) == pytest.approx(
+        0.5
+    )
+    # The envelope lifts the first positive's precision (1/2) to the later 2/3.
+    assert svm.voc07_ap(np.array([4.0, 3.0, 2.0, 1.0]), np.array([0, 1, 1, 0])) == pytest.approx(
+        2 / 3
+    )
+    # A difficult row is removed, not counted as a false positive.
+    assert svm.voc07_ap(np.array([5.0, 4.0, 1.0]), np.array([-1, 1, 0])) == 1.0
+    # Ties keep input order (stable sort): the positive listed first ranks first.
+    assert svm.voc07_ap(np.array([1.0, 1.0]), np.array([1, 0])) == 1.0
+    assert svm.voc07_ap(np.array([1.0, 1.0]), np.array([0, 1])) == pytest.approx(0.5)
+    assert np.isnan(svm.voc07_ap(np.array([1.0, 2.0]), np.array([0, -1])))
+
+
+def test_voc07_ap_matches_devkit_translation_with_ties_and_difficult():
+    rng = np.random.default_rng(1)
+    for trial in range(30):
+        n = int(rng.integers(5, 200))
+        scores = rng.integers(0, 6, n).astype(float)  # heavy ties
+        if trial % 2:
+            scores = scores + rng.standard_normal(n) * 0.01 * (rng.random(n) < 0.5)
+        labels = rng.choice([1, 0, -1], n, p=[0.3, 0.6, 0.1])
+        labels[0] = 1
+        assert svm.voc07_ap(scores, labels) == pytest.approx(
+            reference_vocap(scores, labels), abs=1e-9
+        )
+
+
+def test_cv_ap_is_sklearn_average_precision():
+    rng = np.random.default_rng(2)
+    s, y = rng.standard_normal(50), np.where(rng.random(50) < 0.3, 1, -1)
+    assert svm.cv_ap(s, y) == average_precision_score(y == 1, s)
+
+
+def test_costs_are_the_papers_26():
+    assert len(svm.COSTS) == 26 and len(set(svm.COSTS)) == 26
+    assert svm.COSTS[:10] == (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
+    assert svm.COSTS[10] == 0.5**4 and svm.COSTS[-1] == 0.5**19
+
+
+# --- sklearn path against a straight implementation --------------------------------------------
+
+
+def straight_protocol(train_x, train_y, test_x, test_y, costs):
+    def norm(x):
+        return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-5)
+
+    x, xt = norm(train_x.astype(np.float64)), norm(test_x.astype(np.float64))
+    out = []
+    for c in range(train_y.shape[1]):
+        y = np.where(train_y[:, c] == 1, 1, -1)
+        means = []
+        for cost in costs:
+            aps = []
+            for tr, te in StratifiedKFold(3).split(x, y):
+                clf = LinearSVC(C=cost, class_weight={1: 2, -1: 1}, intercept_scaling=1.0,
+                                penalty="l2", loss="squared_hinge", tol=1e-4, dual=True,
+                                max_iter=2000).fit(x[tr], y[tr])  # fmt: skip
+                aps.append(average_precision_score(y[te] == 1, clf.decision_function(x[te])))
+            means.append(np.mean(aps))
+        best = int(np.argmax(means))
+        clf = LinearSVC(C=costs[best], class_weight={1: 2, -1: 1}, intercept_scaling=1.0,
+                        penalty="l2", loss="squared_hinge", tol=1e-4, dual=True,
+                        max_iter=2000).fit(x, y)  # fmt: skip
+        out.append((costs[best], reference_vocap(clf.decision_function(xt), test_y[:, c])))
+    return out
+
+
+def test_sklearn_path_reproduces_straight_protocol(data, sklearn_result):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = straight_protocol(*data, COSTS)
+    res = sklearn_result
+    assert [c["cost"] for c in res["classes"]] == [c for c, _ in ref]
+    for c, (_, ap) in zip(res["classes"], ref, strict=True):
+        assert c["test_ap"] == pytest.approx(ap, abs=1e-6)
+        assert 0 <= c["cv_ap"] <= 1 and c["cv_folds"] == 3
+    assert res["mAP"] == pytest.approx(np.mean([ap for _, ap in ref]), abs=1e-6)
+    assert res["skipped"] == [] and res["solver"] == "sklearn" and res["costs"] == list(COSTS)
+
+
+# --- jax solver ---------------------------------------------------------------------------------
+
+
+def test_jax_path_matches_sklearn_path(sklearn_result, jax_result):
+    assert abs(jax_result["mAP"] - sklearn_result["mAP"]) <= 0.001
+    same = [
+        a["cost"] == b["cost"]
+        for a, b in zip(jax_result["classes"], sklearn_result["classes"], strict=True)
+    ]
+    assert np.mean(same) >= 0.9
+    assert jax_result["not_converged"] == 0
+
+
+@pytest.mark.parametrize("cost", [1e-7, 1e-3, 0.0625, 1.0, 10.0])
+def test_jax_solver_objective_matches_liblinear(data, cost):
+    x = svm.l2_normalize(data[0])
+    y = np.where(data[1][:, 0] == 1, 1, -1)
+    y_mat = y[:, None].astype(np.float32)
+    cw = cost * np.where(y_mat > 0, 2.0, 1.0)
+    beta, o, info = svm_jax.solve(svm_jax.gram(x), y_mat, cw, tol=1e-5)
+    assert info.converged.all()
+    w, b = svm_jax.primal_weights(x, beta)
+    w_jax = np.concatenate([w[:, 0], b])[:, None]
+    # Kernel-form and primal-form decision values agree to float32 cancellation error.
+    scale = np.abs(o).max()
+    np.testing.assert_allclose(np.asarray(o)[:, 0], x @ w[:, 0] + b[0], atol=3e-4 * scale)
+    clf = LinearSVC(
+        C=cost, class_weight={1: 2, -1: 1}, intercept_scaling=1.0, penalty="l2",
+        loss="squared_hinge", tol=1e-6, dual=True, max_iter=100000,
+    ).fit(x, y)  # fmt: skip
+    w_lib = np.concatenate([clf.coef_[0], clf.intercept_])[:, None]
+    f_jax = svm_jax.primal_objective(x, y_mat, cw, w_jax)[0]
+    f_lib = svm_jax.primal_objective(x, y_mat, cw, w_lib)[0]
+    assert f_jax <= f_lib * (1 + 1e-4)
+    assert abs(f_jax - f_lib) <= 1e-4 * f_lib
+    assert np.linalg.norm(w_jax - w_lib) <= 1e-2 * np.linalg.norm(w_lib)
+
+
+def test_jax_solver_masks_rows_out(data):
+    """A row with cost 0 is outside the problem: same solution as dropping it."""
+    x = svm.l2_normalize(data[0])[:120]
+    y = np.where(data[1][:120, 1] == 1, 1.0, -1.0)[:, None].astype(np.float32)
+    cw = 0.5 * np.where(y > 0, 2.0, 1.0)
+    masked = cw.copy()
+    masked[60:] = 0
+    beta_m, _, _ = svm_jax.solve(svm_jax.gram(x), y, masked, tol=1e-5)
+    beta_d, _, _ = svm_jax.solve(svm_jax.gram(x[:60]), y[:60], cw[:60], tol=1e-5)
+    np.testing.assert_allclose(np.asarray(beta_m)[60:], 0.0)
+    np.testing.assert_allclose(np.asarray(beta_m)[:60], np.asarray(beta_d), atol=1e-4, rtol=1e-3)
+
+
+# --- edge cases ---------------------------------------------------------------------------------
+
+
+def test_class_without_positives_is_skipped_and_counted(data):
+    train_x, train_y, test_x, test_y = data
+    train_y, test_y = train_y.copy(), test_y.copy()
+    train_y[:, 0] = 0  # no training positives
+    test_y[:, 1] = np.where(test_y[:, 1] == 1, -1, test_y[:, 1])  # no test positives
+    res = svm.evaluate(train_x, train_y, test_x, test_y, costs=(0.1, 1.0), solver="jax",
+                       class_names=["a", "b", "c", "d"])  # fmt: skip
+    assert res["skipped"] == [
+        {"name": "a", "reason": "no training positives"},
+        {"name": "b", "reason": "no test positives"},
+    ]
+    assert res["classes"][0]["test_ap"] is None and res["classes"][0]["cost"] is None
+    assert res["classes"][1]["test_ap"] is None and res["classes"][1]["cost"] is not None
+    assert res["mAP"] == pytest.approx(np.mean([c["test_ap"] for c in res["classes"][2:]]))
+
+
+def test_folds_without_positives_are_dropped():
+    y = -np.ones(30, np.int32)
+    y[[0, 1]] = 1  # two positives: one of the three stratified folds has none held out
+    folds = svm._folds(y)
+    assert len(folds) == 2
+    assert all((y[te] == 1).any() and (y[tr] == 1).any() for tr, te in folds)
+
+
+# --- low-shot -----------------------------------------------------------------------------------
+
+
+def test_low_shot_sampling_counts_and_determinism(data):
+    labels = data[1]
+    rows = svm.sample_low_shot(labels, 2, 0, mode="voc07", seed=3)
+    for c, r in enumerate(rows):
+        assert (labels[r, c] == 1).sum() == 2 and (labels[r, c] != 1).sum() == 38
+        assert len(np.unique(r)) == len(r)
+    again = svm.sample_low_shot(labels, 2, 0, mode="voc07", seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(rows, again, strict=True))
+    other = svm.sample_low_shot(labels, 2, 1, mode="voc07", seed=3)
+    assert not all(np.array_equal(a, b) for a, b in zip(rows, other, strict=True))
+    single = np.zeros((60, 3), np.int8)
+    single[np.arange(60), np.arange(60) % 3] = 1
+    places = svm.sample_low_shot(single, 4, 0, mode="places", seed=0)
+    assert all(np.array_equal(p, places[0]) for p in places)
+    assert (single[places[0]].sum(0) == 4).all() and len(places[0]) == 12
+
+
+def test_low_shot_stats(data):
+    res = svm.low_shot(*data, ks=(1, 4), samples=3, costs=(0.01, 1.0), solver="jax", seed=0)
+    assert res["selection"] == "test-selected" and res["mode"] == "voc07"
+    for k in ("1", "4"):
+        r = res["ks"][k]
+        assert r["cost"] in (0.01, 1.0) and len(r["maps"]) == 3
+        assert r["min"] <= r["mean"] <= r["max"] and 0 <= r["min"] and r["max"] <= 1
+        assert r["std"] == pytest.approx(np.std(r["maps"]))
+        best = int(np.argmax(r["mean_per_cost"]))
+        assert r["mean"] == pytest.approx(r["mean_per_cost"][best])
+    again = svm.low_shot(*data, ks=(1,), samples=3, costs=(0.01, 1.0), solver="jax", seed=0)
+    assert again["ks"]["1"]["maps"] == res["ks"]["1"]["maps"]
+
+
+def test_low_shot_solvers_agree(data):
+    kw = dict(ks=(4,), samples=2, costs=(0.1, 1.0), seed=1)
+    a = svm.low_shot(*data, solver="jax", **kw)["ks"]["4"]
+    b = svm.low_shot(*data, solver="sklearn", n_jobs=1, **kw)["ks"]["4"]
+    np.testing.assert_allclose(a["mean_per_cost"], b["mean_per_cost"], atol=2e-3)
+
+
+# --- bad inputs and the command line ------------------------------------------------------------
+
+
+def test_bad_inputs_raise(data):
+    train_x, train_y, test_x, test_y = data
+    bad = train_x.copy()
+    bad[[3, 7]] = np.nan
+    with pytest.raises(ValueError, match="train features have 2 row"):
+        svm.evaluate(bad, train_y, test_x, test_y, costs=(1.0,))
+    bad_t = test_x.copy()
+    bad_t[0, 0] = np.inf
+    with pytest.raises(ValueError, match="test features have 1 row"):
+        svm.evaluate(train_x, train_y, bad_t, test_y, costs=(1.0,))
+    with pytest.raises(ValueError, match="rows but train labels"):
+        svm.evaluate(train_x[:-1], train_y, test_x, test_y)
+    with pytest.raises(ValueError, match="D=24 but test features have D=23"):
+        svm.evaluate(train_x, train_y, test_x[:, :-1], test_y)
+    with pytest.raises(ValueError, match="C=4 classes but test labels have C=3"):
+        svm.evaluate(train_x, train_y, test_x, test_y[:, :3])
+    labels = train_y.copy()
+    labels[0, 0] = 2
+    with pytest.raises(ValueError, match=r"outside \{1, 0, -1\}"):
+        svm.evaluate(train_x, labels, test_x, test_y)
+    with pytest.raises(ValueError, match="empty"):
+        svm.evaluate(train_x[:0], train_y[:0], test_x, test_y)
+    with pytest.raises(ValueError, match="solver='svc'"):
+        svm.evaluate(*data, solver="svc")
+    with pytest.raises(ValueError, match="mode='coco'"):
+        svm.low_shot(*data, mode="coco")
+
+
+@pytest.fixture(scope="module")
+def npz_files(data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("svm")
+    train_x, train_y, test_x, test_y = data
+    np.savez(d / "train.npz", features=train_x, labels=train_y)
+    np.savez(d / "test.npz", features=test_x, labels=test_y)
+    np.savez(d / "bad.npz", features=test_x[:, :5], labels=test_y)
+    return d
+
+
+def test_cli_end_to_end(npz_files, jax_result, capsys):
+    d = npz_files
+    out = d / "res.json"
+    costs = ",".join(str(c) for c in COSTS)
+    argv = [f"--train={d / 'train.npz'}", f"--test={d / 'test.npz'}", f"--out={out}",
+            "--solver=jax", f"--costs={costs}"]  # fmt: skip
+    assert svm.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["mAP"] == pytest.approx(jax_result["mAP"], abs=1e-6)
+    assert "mAP" in capsys.readouterr().out
+    out_ls = d / "ls.json"
+    argv = [f"--train={d / 'train.npz'}", f"--test={d / 'test.npz'}", f"--out={out_ls}",
+            "--solver=jax", "--costs=0.1,1", "--low_shot_k=1,2", "--samples=2"]  # fmt: skip
+    assert svm.main(argv) == 0
+    assert set(json.loads(out_ls.read_text())["ks"]) == {"1", "2"}
+
+
+def test_cli_bad_file_exit_code_2(npz_files, capsys):
+    d = npz_files
+    argv = [f"--train={d / 'train.npz'}", f"--test={d / 'bad.npz'}", f"--out={d / 'x.json'}"]
+    assert svm.main(argv) == 2
+    assert "D=24 but test features have D=5" in capsys.readouterr().err
+    argv = [f"--train={d / 'missing.npz'}", f"--test={d / 'bad.npz'}", f"--out={d / 'x.json'}"]
+    assert svm.main(argv) == 2
