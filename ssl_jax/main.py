@@ -1,6 +1,10 @@
-"""Entry point of pretraining.
+"""Entry point of pretraining and of the transfer benchmarks.
 
   python -m ssl_jax.main --config=configs/X.py[:arg] --workdir=W [--config.k=v ...]
+
+A pretraining config (configs/*.py) trains in W; an evaluation config (configs/evals/*.py, with
+a top-level ``evaluation`` field) evaluates the workdir named by --config.pretrained and writes
+W/results.json and W/results.md.
 
 Flags:
   --config=PATH[:ARG]   a config file and its argument string (see ssl_jax/config_lib.py).
@@ -59,9 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_lib.load_config(args.config)
         config_lib.apply_overrides(config, overrides)
-        from ssl_jax import tasks
+        if "evaluation" in config:
+            from ssl_jax.evals import run as evals_run
 
-        tasks.validate(config)
+            evals_run.check_config(config)
+        else:
+            from ssl_jax import tasks
+
+            tasks.validate(config)
     except config_lib.ConfigError as e:
         print(f"Config error: {e}", file=sys.stderr)
         return 2
@@ -70,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     multihost = (
-        args.multihost or os.environ.get("SSL_JAX_MULTIHOST") == "1" or config.train.multihost
+        args.multihost
+        or os.environ.get("SSL_JAX_MULTIHOST") == "1"
+        or ("train" in config and config.train.multihost)
     )
     import jax
 
@@ -83,12 +94,23 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(args.workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     try:
-        train(config, args.workdir)
+        if "evaluation" in config:
+            from ssl_jax.evals import run as evals_run
+
+            evals_run.evaluate(config, args.workdir)
+        else:
+            train(config, args.workdir)
     except (TrainingDiverged, InputPipelineError) as e:
         logging.error("%s", e)
         return 1
     except (FileNotFoundError, config_lib.ConfigError) as e:
         # Data and shape problems found at start-up carry a message that says what to change.
+        logging.error("%s", e)
+        return 2
+    except ValueError as e:
+        if "evaluation" not in config:
+            raise
+        # Bad evaluation input (features, labels, shapes): the message names the value and fix.
         logging.error("%s", e)
         return 2
     return 0

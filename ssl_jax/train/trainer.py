@@ -150,6 +150,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         plan.warmup_start_lr,
     )
 
+    # Evaluations attached to the run (config.evals), loaded and checked before any step.
+    from ssl_jax.evals import probe as probe_lib
+    from ssl_jax.evals import run as evals_run
+
+    evaluations = evals_run.attached(config)
+    probe_lib.check_config(config)
+
     # Task, optimizer, state. Initialisation is jitted straight into the replicated sharding.
     pretext = tasks.build(config, workdir)
     schedule = optim_lib.make_schedule(plan, config.optim.decay_factor)
@@ -250,6 +257,27 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                         # would wait for the others.
                         variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
                         pretext.report(jax.device_get(variables), step)
+                    probe = config.evals.probe if probe_lib.enabled(config) else None
+                    if probe is not None and (step % probe.every_steps == 0 or stopping):
+                        scalars = probe_lib.run(
+                            config,
+                            {"params": state["params"], "batch_stats": state["batch_stats"]},
+                            step,
+                            workdir,
+                        )
+                        if scalars:
+                            writer.write(step, scalars)
+                    if evaluations:
+                        scalars = evals_run.during_training(
+                            config,
+                            evaluations,
+                            {"params": state["params"], "batch_stats": state["batch_stats"]},
+                            step,
+                            stopping,
+                            workdir,
+                        )
+                        if scalars:
+                            writer.write(step, scalars)
             if stopping:
                 break
     checkpoints.close()

@@ -1,0 +1,24 @@
+r"""VOC07 low-shot SVMs on every frozen layer (PROTOCOLS.md, "Low-shot").
+
+  python -m ssl_jax.main --config=configs/evals/voc07_lowshot.py --config.pretrained=W --workdir=E
+
+Per class k positives and 19k negatives drawn from VOC2007 trainval, k in
+{1, 2, 4, 8, 16, 32, 64, 96}, 5 samples each; every cost is trained and the statistics
+(mean/min/max/std of test mAP over the samples) are reported at the cost with the best mean
+test mAP. That selects on the test set, as the paper did; results are labelled test-selected.
+Data as configs/evals/voc07_svm.py (TFDS voc/2007 or ``:vocdevkit=PATH``).
+
+Arguments: runlocal, solver=jax, vocdevkit=PATH, train=DIR,test=DIR (see voc07_svm.py).
+"""
+
+from ssl_jax import config_defaults, config_lib
+
+
+def get_config(arg=None):
+    arg = config_lib.parse_arg(arg, **config_defaults.SVM_ARGS)
+    c = config_defaults.svm_evaluation("voc07_lowshot")
+    c.svm.solver = arg.solver
+    config_defaults.svm_data_from_args(c, arg)
+    if arg.runlocal:
+        config_defaults.runlocal_evaluation(c)
+    return c
