@@ -76,6 +76,7 @@ def pretrain() -> ml_collections.ConfigDict:
     c.evals.probe = probe_config()  # few-shot ridge per layer (ssl_jax.evals.probe)
     c.evals.voc07_svm = attached_evaluation("configs/evals/voc07_svm.py")
     c.evals.voc07_lowshot = attached_evaluation("configs/evals/voc07_lowshot.py")
+    c.evals.linear = attached_evaluation("configs/evals/linear.py")
     return c
 
 

@@ -27,7 +27,8 @@ from ssl_jax.evals import features as features_lib
 
 _log = logging.getLogger(__name__)
 
-EVALUATIONS = ("voc07_svm", "voc07_lowshot", "places205_lowshot")
+SVM_EVALUATIONS = ("voc07_svm", "voc07_lowshot", "places205_lowshot")
+EVALUATIONS = (*SVM_EVALUATIONS, "linear")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -36,6 +37,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise config_lib.ConfigError(
             f"config.evaluation={config.evaluation!r} is not one of {list(EVALUATIONS)}."
         )
+    if config.evaluation == "linear":
+        from ssl_jax.evals import linear
+
+        linear.check_config(config)
+        return
     if not config.pretrained:
         raise config_lib.ConfigError(
             "config.pretrained is empty: name the pretraining workdir to evaluate, "
@@ -115,6 +121,12 @@ def evaluate(
       weights: (pretraining config, trunk variables, description, step) to evaluate instead of
         loading config.pretrained (evaluations attached to pretraining pass the live weights).
     """
+    if config.evaluation == "linear":
+        from ssl_jax.evals import linear
+
+        if weights is None:
+            check_config(config)
+        return linear.evaluate(config, workdir, weights)
     from ssl_jax.evals import svm
 
     if weights is None:
@@ -290,6 +302,8 @@ def during_training(
         for layer, r in results["layers"].items():
             if "mAP" in r:
                 scalars[f"evals/{name}/{layer}"] = 100.0 * float(r["mAP"])
+            if "top1" in r:  # linear classifiers: top-1 in %
+                scalars[f"evals/{name}/{layer}"] = float(r["top1"])
             for k, stats in r.get("ks", {}).items():
                 scalars[f"evals/{name}/{layer}/k{k}"] = 100.0 * float(stats["mean"])
     return scalars
