@@ -28,6 +28,10 @@ def pretrain() -> ml_collections.ConfigDict:
     c.data.num_parallel_calls = -1  # -1: tf.data AUTOTUNE
     c.data.prefetch = 2  # batches prefetched on the host
     c.data.demo_size = 2048  # images of the built-in demo set (source=demo)
+    # Nested subset of the source (the paper's YFCC 1M/10M/50M): 0 = all, a fraction in (0, 1] or
+    # a count > 1; the same ids give the same images (ssl_jax/data/subsets.py). Float so that
+    # --config.data.data_size=0.1 and =1000000 both parse.
+    c.data.data_size = 0.0
     c.data.cache_decoded = False
 
     c.input = ml_collections.ConfigDict()

@@ -262,6 +262,15 @@ SCHEMA: dict[str, tuple[Check, str]] = {
     "data.shuffle_buffer": positive(integer=True),
     "data.prefetch": non_negative(integer=True),
     "data.demo_size": positive(integer=True),
+    "data.data_size": (
+        lambda v: (
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and 0 <= v < float("inf")
+            and (v <= 1 or float(v).is_integer())
+        ),
+        "0 (all images), a fraction in (0, 1], or an integer count > 1",
+    ),
     "input.resize_short": positive(integer=True),
     "input.crop": positive(integer=True),
     "model.name": one_of("resnet", "alexnet"),

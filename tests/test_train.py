@@ -32,6 +32,7 @@ TINY = [
     ("train.log_every", "2"),
     ("train.checkpoint_every", "4"),
     ("train.progress_bar", "false"),
+    ("evals.probe.every_steps", "0"),  # the :runlocal probe has its own tests (test_probe.py)
 ]
 
 

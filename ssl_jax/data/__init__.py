@@ -6,6 +6,7 @@ batches = pretrain_iterator(config.data, config.input, local_batch_size=B, seed=
                             process_count=jax.process_count(), start=None, source=source)
 batch = next(batches)  # image (B, crop, crop, 3) uint8, label, epoch, index
 skip_counts()          # {"truncated": 3, "not_image": 1, ...} images skipped so far
+record_subset(workdir, source)  # config.data.data_size's subset, in workdir/data_subset.json
 """
 
 from ssl_jax.data.decode import SKIP_REASONS, reset_skip_counts, skip_counts
@@ -22,6 +23,7 @@ from ssl_jax.data.sources import (
     make_source,
     tfds_source,
 )
+from ssl_jax.data.subsets import record_subset, subset_order, take_subset
 
 __all__ = [
     "SKIP_REASONS",
@@ -36,8 +38,11 @@ __all__ = [
     "make_source",
     "pretrain_dataset",
     "pretrain_iterator",
+    "record_subset",
     "reset_skip_counts",
     "resize_crop_flip",
     "skip_counts",
+    "subset_order",
+    "take_subset",
     "tfds_source",
 ]

@@ -35,12 +35,17 @@ class DemoSource:
         class_names: photo names (file stems) in label order.
         boxes: (N, 4) int32 crop boxes (top, left, height, width) in photo pixels.
         labels: (N,) int32 photo index of each example.
+        ids: (N,) object array of UTF-8 image ids, each example's index in the full demo set
+            (it survives subsetting, see subsets.py); None means 0..N-1.
+        data_size: config.data.data_size this source was cut to (0: all of it).
     """
 
     photos: tuple[np.ndarray, ...]
     class_names: tuple[str, ...]
     boxes: np.ndarray
     labels: np.ndarray
+    ids: np.ndarray | None = None
+    data_size: float = 0
 
     @property
     def num_examples(self) -> int:

@@ -33,6 +33,9 @@ class FileSource:
         paths: (N,) object array of UTF-8 encoded paths, in a fixed, seed-independent order.
         labels: (N,) int32, -1 where unlabelled.
         class_names: folder class names in label order; None for a file list or a flat folder.
+        ids: (N,) object array of UTF-8 image ids (see subsets.py): the path relative to the
+            folder (POSIX), or the list entry as written; None means the paths themselves.
+        data_size: config.data.data_size this source was cut to (0: all of it).
     """
 
     kind: str
@@ -40,6 +43,8 @@ class FileSource:
     paths: np.ndarray
     labels: np.ndarray
     class_names: tuple[str, ...] | None
+    ids: np.ndarray | None = None
+    data_size: float = 0
 
     @property
     def num_examples(self) -> int:
@@ -169,6 +174,7 @@ def folder_source(path: str) -> FileSource:
         paths=np.asarray([f.encode("utf-8") for f in files], dtype=object),
         labels=labels,
         class_names=class_names,
+        ids=np.asarray([r.replace(os.sep, "/").encode("utf-8") for r in relative], dtype=object),
     )
 
 
@@ -181,8 +187,21 @@ def parse_file_list(text: str, list_path: str) -> tuple[list[str], list[int]]:
     Returns:
         (paths, labels), labels -1 where a line has none.
     """
+    entries, labels = _parse_entries(text)
+    return [_resolve(e, list_path) for e in entries], labels
+
+
+def _resolve(entry: str, list_path: str) -> str:
+    """A list entry as a path: relative entries are relative to the list's folder."""
+    if _is_url(entry) or os.path.isabs(entry):
+        return entry
     base = posixpath.dirname(list_path) if _is_url(list_path) else os.path.dirname(list_path)
-    paths, labels = [], []
+    return _join(base, entry)
+
+
+def _parse_entries(text: str) -> tuple[list[str], list[int]]:
+    """(entries as written, labels) of a file list; see `parse_file_list`."""
+    entries, labels = [], []
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -195,11 +214,9 @@ def parse_file_list(text: str, list_path: str) -> tuple[list[str], list[int]]:
                 line = parts[0].rstrip()
             except ValueError:
                 pass
-        if not (_is_url(line) or os.path.isabs(line)):
-            line = _join(base, line)
-        paths.append(line)
+        entries.append(line)
         labels.append(label)
-    return paths, labels
+    return entries, labels
 
 
 def filelist_source(path: str) -> FileSource:
@@ -210,7 +227,8 @@ def filelist_source(path: str) -> FileSource:
             "text file with one image path per line, optionally followed by an integer label)."
         )
     with tf.io.gfile.GFile(path, "r") as f:
-        paths, labels = parse_file_list(f.read(), path)
+        entries, labels = _parse_entries(f.read())
+    paths = [_resolve(e, path) for e in entries]
     if not paths:
         raise ValueError(f"The file list config.data.path={path!r} names no images.")
     return FileSource(
@@ -219,4 +237,5 @@ def filelist_source(path: str) -> FileSource:
         paths=np.asarray([p.encode("utf-8") for p in paths], dtype=object),
         labels=np.asarray(labels, np.int32),
         class_names=None,
+        ids=np.asarray([e.encode("utf-8") for e in entries], dtype=object),
     )

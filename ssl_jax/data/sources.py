@@ -13,10 +13,13 @@ Every source gives the pipeline the same things:
 Shuffling is a deterministic function of (seed, epoch, process_index): a NumPy permutation of
 the shard for file and demo sources; for TFDS, a file-order shuffle and an element shuffle
 buffer, both seeded from the same three numbers.
+
+config.data.data_size cuts any source to a nested, deterministic subset (see subsets.py).
 """
 
 from __future__ import annotations
 
+from ssl_jax.data import subsets
 from ssl_jax.data.demo import DemoSource, demo_source
 from ssl_jax.data.files import FileSource, filelist_source, folder_source
 from ssl_jax.data.tfds_source import TfdsSource, tfds_source
@@ -30,8 +33,12 @@ def make_source(data_config) -> Source:
     """The source named by config.data.source, from the other config.data fields.
 
     Reads config.data: source, and name, split, data_dir (tfds), path (folder, filelist),
-    demo_size (demo).
+    demo_size (demo); then data_size (0: all) keeps the first images in subset order.
     """
+    return subsets.take_subset(_full_source(data_config), data_config.get("data_size", 0) or 0)
+
+
+def _full_source(data_config) -> Source:
     kind = data_config.source
     if kind == "tfds":
         return tfds_source(data_config.name, data_config.split, data_config.get("data_dir"))

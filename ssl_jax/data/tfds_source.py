@@ -28,6 +28,9 @@ class TfdsSource:
         num_examples: examples in the split, all processes together.
         class_names: the "label" feature's names, or None.
         has_label: whether records carry a "label" feature.
+        data_size: config.data.data_size this source was cut to (0: all of it).
+        threshold: (key, id) of the last image of the subset in subset order, or None for the
+            whole split: records after it are filtered out as they stream (see subsets.py).
     """
 
     builder: object
@@ -35,6 +38,10 @@ class TfdsSource:
     num_examples: int
     class_names: tuple[str, ...] | None
     has_label: bool
+    data_size: float = 0
+    threshold: tuple[int, bytes] | None = None
+    # Per-process subset sizes, cached: counting them lists the split's ids.
+    _shard_sizes: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def _process_split(self, process_index: int, process_count: int):
         import tensorflow_datasets as tfds
@@ -43,7 +50,14 @@ class TfdsSource:
 
     def shard_size(self, process_index: int, process_count: int) -> int:
         split = self._process_split(process_index, process_count)
-        return int(self.builder.info.splits[split].num_examples)
+        if self.threshold is None:
+            return int(self.builder.info.splits[split].num_examples)
+        from ssl_jax.data import subsets
+
+        if split not in self._shard_sizes:
+            ids = subsets.tfds_ids(self.builder, split)
+            self._shard_sizes[split] = int(np.sum(subsets.below(ids, self.threshold)))
+        return self._shard_sizes[split]
 
     def epoch_records(
         self,
@@ -86,6 +100,9 @@ class TfdsSource:
             decoders={"image": tfds.decode.SkipDecoding()},
             read_config=read_config,
         )
+        if self.threshold is not None:
+            # Before the shuffle and the enumeration: positions count subset records only.
+            ds = ds.filter(subsets_filter(self.threshold))
         if shuffle_buffer > 1:
             ds = ds.shuffle(shuffle_buffer, seed=seeds[1], reshuffle_each_iteration=False)
 
@@ -114,6 +131,21 @@ class TfdsSource:
             watch=watch,
             cache=cache,
         )
+
+
+def subsets_filter(threshold: tuple[int, bytes]):
+    """A tf.data filter predicate keeping the examples whose tfds_id is in the subset."""
+    from ssl_jax.data import subsets
+
+    def keep(image_id: bytes) -> np.bool_:
+        return np.bool_(subsets.below(np.asarray([image_id], dtype=object), threshold)[0])
+
+    @tf.autograph.experimental.do_not_convert
+    def predicate(example):
+        kept = tf.numpy_function(keep, [example["tfds_id"]], tf.bool, stateful=False)
+        return tf.ensure_shape(kept, [])
+
+    return predicate
 
 
 def _prepare_hint(name: str, data_dir: str, manual_instructions: str | None) -> str:

@@ -138,6 +138,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     # Data: only its size is needed before the iterator is opened at the resume position.
     source = data_lib.make_source(config.data)
+    # Which images (config.data.data_size's subset): recorded once, checked on every restart.
+    data_lib.record_subset(workdir, source, write=jax.process_index() == 0)
     plan = optim_lib.make_plan(config.optim, source.num_examples)
     logging.info(
         "%d images, %d steps per epoch, %d steps; lr %.4g (batch %d), warm-up %d steps from %.4g",
