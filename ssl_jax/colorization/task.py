@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssl_jax import config_lib
+from ssl_jax import config_lib, fileio
 from ssl_jax.colorization import encode, predict
 from ssl_jax.colorization.bins import NUM_BINS
 from ssl_jax.colorization.lab import quantize_8bit, rgb_to_lab
@@ -64,7 +64,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"config.model.alexnet_variant={config.model.alexnet_variant!r}: Colorization trains "
             "the 'colorization' AlexNet (conv1 stride 4, BN after every conv)."
         )
-    if col.priors_file and not os.path.isfile(col.priors_file):
+    if col.priors_file and not fileio.isfile(col.priors_file):
         raise config_lib.ConfigError(
             f"config.colorization.priors_file={col.priors_file!r} does not exist; make one with "
             "`python -m ssl_jax.colorization priors --config=... --out=FILE`, or leave it empty "
@@ -230,14 +230,17 @@ def estimate_priors(config: ml_collections.ConfigDict, num_images: int | None = 
 
 
 def save_priors(path: str, priors: np.ndarray, summary: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.save(path, np.asarray(priors, np.float64))
-    with open(os.path.splitext(path)[0] + ".json", "w") as f:
+    if not fileio.is_url(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with fileio.open_file(path, "wb") as f:
+        np.save(f, np.asarray(priors, np.float64))
+    with fileio.open_file(os.path.splitext(path)[0] + ".json", "w") as f:
         json.dump(summary, f, indent=2, default=str)
 
 
 def load_priors(path: str) -> np.ndarray:
-    priors = np.load(path)
+    with fileio.open_file(path, "rb") as f:
+        priors = np.load(f)
     if not encode.is_bin_distribution(priors):
         raise config_lib.ConfigError(
             f"{path} does not hold {NUM_BINS} finite non-negative priors with a positive sum "
@@ -253,8 +256,8 @@ def run_priors(config: ml_collections.ConfigDict, workdir: str | None) -> np.nda
     col = config.colorization
     if col.priors_file:
         return load_priors(col.priors_file)
-    stored = os.path.join(workdir, PRIORS_FILE) if workdir else None
-    if stored and os.path.isfile(stored):
+    stored = fileio.join(workdir, PRIORS_FILE) if workdir else None
+    if stored and fileio.isfile(stored):
         return load_priors(stored)
     logging.info("Estimating the ab priors from %d pretraining images", col.prior_images)
     priors, summary = estimate_priors(config)
@@ -331,7 +334,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Pret
         def report(variables, step):
             if not images:
                 images.append(sample_images(config, col.samples))
-            path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
+            path = fileio.join(workdir, "samples", f"step_{step:08d}.png")
             predict.write_grid(picture(variables, images[0]), path)
             logging.info("Wrote %s (grayscale input | prediction | ground truth)", path)
 

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from typing import Any
 
 import jax
 import numpy as np
 
+from ssl_jax import fileio
+
 METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    path = fileio.join(workdir, METRICS_FILE)
+    if not fileio.exists(path):
         return []
-    with open(path) as f:
+    with fileio.open_file(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -31,25 +32,25 @@ class MetricsWriter:
 
     def __init__(self, workdir: str, start_step: int, tensorboard: bool = True):
         self.active = jax.process_index() == 0
-        self.path = os.path.join(workdir, METRICS_FILE)
+        self.path = fileio.join(workdir, METRICS_FILE)
         self._tb = None
         if not self.active:
             return
         rows = [r for r in read_metrics(workdir) if r.get("step", 0) <= start_step]
-        with open(self.path + ".tmp", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(self.path + ".tmp", self.path)
+        with fileio.open_file(self.path + ".tmp", "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+        fileio.replace(self.path + ".tmp", self.path)
         if tensorboard:
             import tensorflow as tf
 
-            self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            self._tb = tf.summary.create_file_writer(fileio.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.active:
             return
         row = {"step": int(step)}
         row.update({k: _plain(v) for k, v in scalars.items()})
-        with open(self.path, "a") as f:
+        with fileio.open_file(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:
             import tensorflow as tf

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import signal
 import threading
@@ -25,7 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ssl_jax import config_lib, tasks
+from ssl_jax import config_lib, fileio, tasks
 from ssl_jax import data as data_lib
 from ssl_jax.train import checkpoint as ckpt_lib
 from ssl_jax.train import metrics as metrics_lib
@@ -130,7 +129,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     Returns the last logged metrics.
     """
     tasks.validate(config)
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
     mesh = make_mesh()
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
@@ -335,13 +334,13 @@ def restore_variables(
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run was started with (``workdir/config.json``, written by ssl_jax.main)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = fileio.join(workdir, "config.json")
+    if not fileio.isfile(path):
         raise FileNotFoundError(
             f"{path} does not exist: {workdir!r} is not a workdir written by "
             "`python -m ssl_jax.main`."
         )
-    with open(path) as f:
+    with fileio.open_file(path) as f:
         return ml_collections.ConfigDict(json.load(f))
 
 
