@@ -1,0 +1,623 @@
+r"""Scaling sweeps: a grid over task x model x data size x problem complexity, run end to end.
+
+  python -m ssl_jax.sweep --config=configs/sweeps/paper_axes.py[:ARG] [--config.KEY=VALUE ...]
+      [--dry_run] [--emit=commands|slurm] [--only=SUBSTR] [--keep_going] [--results_only]
+
+A sweep config (configs/sweeps/*.py, format in configs/sweeps/paper_axes.py) is expanded into runs.
+Each run is one pretraining (``python -m ssl_jax.main`` with a base config and per-run overrides)
+followed by its chained benchmarks (evaluation configs with ``--config.pretrained`` set to the
+pretraining workdir). Layout, under ``sweep_dir``::
+
+  sweep.json                           the resolved sweep config (read by ssl_jax.sweep_results)
+  <task>_<model>_n<size>_<P|K><value>/
+    run.json                           the run's axes, steps and exact commands
+    pretrain/                          pretraining workdir (checkpoints/, metrics.jsonl, ...)
+    eval_<benchmark>/results.json      one workdir per chained benchmark
+    logs/{pretrain,eval_<benchmark>}.log
+  results/                             runs.csv, runs.md and the figures (ssl_jax.sweep_results)
+
+A run counts as finished when its pretraining checkpoint reached the final step (the step count
+the trainer derives from the run's config and data size, capped by train.stop_after_steps) and
+every benchmark wrote results.json; finished steps are skipped, so rerunning the command resumes
+a sweep (an interrupted pretraining resumes from its last checkpoint).
+
+Modes:
+  (default)            run every unfinished step locally, one after another, logs to files; stop at
+                       the first failure (--keep_going: skip that run's benchmarks and go on); then
+                       collect the results table and figures into sweep_dir/results.
+  --dry_run            print the runs and their state; launch nothing, write nothing.
+  --emit=commands      print one shell line per unfinished run (pretraining && benchmarks).
+  --emit=slurm         print a bash script of ``sbatch`` calls: one job per pretraining, one per
+                       benchmark with ``--dependency=afterok:$PRETRAIN_JOB`` (config.slurm.*).
+  --only=SUBSTR        only the runs whose name contains SUBSTR (repeatable).
+  --results_only       only collect the table and figures (same as python -m ssl_jax.sweep_results).
+
+Exit code: 0 when every selected run finished, 1 when a step failed, 2 for a config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+
+from ssl_jax import config_lib, tasks
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRIDS = ("product", "axes")
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One ``python -m ssl_jax.main`` call: a config spec, its overrides, a workdir and a log."""
+
+    name: str  # "pretrain" or "eval_<benchmark>"
+    spec: str
+    overrides: tuple[tuple[str, str], ...]
+    workdir: str
+    log: str
+
+    def argv(self, python: str) -> list[str]:
+        return [
+            python, "-m", "ssl_jax.main", f"--config={self.spec}", f"--workdir={self.workdir}",
+            *(f"--config.{key}={value}" for key, value in self.overrides),
+        ]  # fmt: skip
+
+    def shell(self, python: str) -> str:
+        """The command line with its output sent to the log file."""
+        return f"{shlex.join(self.argv(python))} > {shlex.quote(self.log)} 2>&1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One point of the grid: a pretraining and its chained benchmarks."""
+
+    name: str
+    task: str
+    model: str
+    data_size: int | float
+    axis: str  # "P" (Jigsaw permutations) or "K" (Colorization neighbours)
+    complexity: int
+    directory: str
+    pretrain: Step
+    benchmarks: tuple[Step, ...]
+
+    def describe(self) -> dict[str, Any]:
+        """run.json: the axes, and each step's command (the run's own config, reproducible)."""
+        python = "python"
+        return {
+            "name": self.name, "task": self.task, "model": self.model,
+            "data_size": self.data_size, "axis": self.axis, "complexity": self.complexity,
+            "pretrain": _step_json(self.pretrain, python),
+            "benchmarks": {s.name.removeprefix("eval_"): _step_json(s, python)
+                           for s in self.benchmarks},
+        }  # fmt: skip
+
+
+def _step_json(step: Step, python: str) -> dict[str, Any]:
+    return {
+        "config": step.spec,
+        "overrides": {k: v for k, v in step.overrides},
+        "workdir": step.workdir,
+        "log": step.log,
+        "command": shlex.join(step.argv(python)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of sweep configs (configs/sweeps/*.py)
+
+
+def benchmark(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """config.benchmarks.NAME: an evaluation config spec and its "key=value" overrides."""
+    b = ml_collections.ConfigDict()
+    b.config = spec
+    b.overrides = tuple(overrides)
+    return b
+
+
+def results_config(
+    metric: str = "voc07_svm", gap_models: Sequence[str] = ("alexnet", "r50")
+) -> ml_collections.ConfigDict:
+    """config.results: the figures' benchmark, the low-shot k, the two models of the gap."""
+    r = ml_collections.ConfigDict()
+    r.metric = metric  # "" = voc07_svm if present, else the first benchmark
+    r.lowshot_k = 0  # 0 = the largest k evaluated
+    r.gap_models = tuple(gap_models)
+    return r
+
+
+# ---------------------------------------------------------------------------------------------
+# Expanding a sweep config into runs
+
+
+def resolve_spec(spec: str) -> str:
+    """A config spec with its path made absolute: relative to the working directory if the file
+    is there, else to the repository root (so emitted commands run from anywhere)."""
+    path, arg = config_lib.split_spec(spec)
+    if not os.path.isabs(path):
+        here = os.path.abspath(path)
+        path = here if os.path.exists(here) else os.path.join(REPO_ROOT, path)
+    return path if arg is None else f"{path}:{arg}"
+
+
+def parse_overrides(items: Sequence[str], where: str) -> list[tuple[str, str]]:
+    """("optim.base_lr=0.05", ...) -> [("optim.base_lr", "0.05"), ...]."""
+    out = []
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.strip().removeprefix("--").removeprefix("config.")
+        if not sep or not key:
+            raise config_lib.ConfigError(
+                f"{where} has {item!r}; each override is 'key=value', e.g. 'optim.base_lr=0.05'."
+            )
+        out.append((key, value.strip()))
+    return out
+
+
+def format_size(size: int | float) -> str:
+    """A data size as it appears in run names: 1000000, 0.1 (a fraction) or all (0)."""
+    if size == 0:
+        return "all"
+    return str(int(size)) if float(size).is_integer() and size >= 1 else repr(float(size))
+
+
+def grid_points(sweep: ml_collections.ConfigDict) -> list[tuple[str, str, int | float, int]]:
+    """(task, model, data size, complexity) for every run, in launch order.
+
+    ``grid="product"`` takes every combination; ``grid="axes"`` varies one axis at a time (the
+    paper's figures): every data size at the task's ``default_complexity``, and every complexity
+    at ``default_data_size``.
+    """
+    if sweep.grid not in GRIDS:
+        raise config_lib.ConfigError(
+            f"config.grid={sweep.grid!r} is not one of {list(GRIDS)}; set --config.grid=product."
+        )
+    points = []
+    for task in sweep.tasks:
+        if task not in sweep.complexity:
+            raise config_lib.ConfigError(
+                f"config.complexity has no entry for task {task!r} (config.tasks); it has "
+                f"{sorted(sweep.complexity)}."
+            )
+        values = tuple(sweep.complexity[task])
+        for model in sweep.models:
+            if sweep.grid == "product":
+                pairs = [(n, v) for n in sweep.data_sizes for v in values]
+            else:
+                default_v = sweep.default_complexity[task]
+                default_n = sweep.default_data_size
+                pairs = [(n, default_v) for n in sweep.data_sizes]
+                pairs += [(default_n, v) for v in values if (default_n, v) not in pairs]
+            points.extend((task, model, n, v) for n, v in pairs)
+    return points
+
+
+def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
+    """The sweep's runs, with every per-run override checked against its base config.
+
+    Raises:
+      ConfigError: a missing base config for a (task, model), an unknown override key, or a
+        value the base config rejects; before anything is launched.
+    """
+    sweep_dir = os.path.abspath(sweep.sweep_dir)
+    common = parse_overrides(sweep.overrides, "config.overrides")
+    benchmarks = []
+    for name, bench in sweep.benchmarks.items():
+        benchmarks.append(
+            (
+                name,
+                resolve_spec(bench.config),
+                parse_overrides(bench.overrides, f"config.benchmarks.{name}.overrides"),
+            )
+        )
+    base_configs: dict[str, ml_collections.ConfigDict] = {}
+    runs = []
+    for task, model, size, value in grid_points(sweep):
+        key = f"{task}_{model}"
+        if key not in sweep.pretrain:
+            raise config_lib.ConfigError(
+                f"config.pretrain has no base config for {key!r} (task {task!r}, model "
+                f"{model!r}); it has {sorted(sweep.pretrain)}. Add config.pretrain.{key}."
+            )
+        spec = resolve_spec(sweep.pretrain[key])
+        if spec not in base_configs:
+            base_configs[spec] = config_lib.load_config(spec)
+        axis = sweep.complexity_label[task]
+        name = f"{task}_{model}_n{format_size(size)}_{axis}{value}"
+        directory = os.path.join(sweep_dir, name)
+        overrides = [*common, (sweep.data_size_key, repr(size)),
+                     (sweep.complexity_key[task], str(value))]  # fmt: skip
+        overrides += budget_overrides(sweep, base_configs[spec], overrides, size)
+        resolved = check_overrides(spec, base_configs[spec], overrides, f"run {name}")
+        try:  # the checks ssl_jax.main makes before training, now rather than hours later
+            tasks.validate(resolved)
+        except config_lib.ConfigError as e:
+            raise config_lib.ConfigError(f"In run {name} ({spec}): {e}") from None
+        pretrain_dir = os.path.join(directory, "pretrain")
+        pretrain = Step(
+            "pretrain", spec, tuple(overrides), pretrain_dir,
+            os.path.join(directory, "logs", "pretrain.log"),
+        )  # fmt: skip
+        evals = tuple(
+            Step(
+                f"eval_{bench}",
+                bench_spec,
+                (("pretrained", pretrain_dir), *bench_overrides),
+                os.path.join(directory, f"eval_{bench}"),
+                os.path.join(directory, "logs", f"eval_{bench}.log"),
+            )  # fmt: skip
+            for bench, bench_spec, bench_overrides in benchmarks
+        )
+        runs.append(Run(name, task, model, size, axis, int(value), directory, pretrain, evals))
+    for name, spec, overrides in benchmarks:
+        check_overrides(spec, None, overrides, f"benchmark {name}")
+    return runs
+
+
+def check_overrides(
+    spec: str,
+    base: ml_collections.ConfigDict | None,
+    overrides: Sequence[tuple[str, str]],
+    where: str,
+) -> ml_collections.ConfigDict:
+    """Applies ``overrides`` to a copy of ``base`` (or of ``spec``'s config); returns it."""
+    config = config_lib.load_config(spec) if base is None else _copy(base)
+    try:
+        config_lib.apply_overrides(config, overrides)
+    except config_lib.ConfigError as e:
+        raise config_lib.ConfigError(f"In {where} ({spec}): {e}") from None
+    return config
+
+
+def _copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    copy = ml_collections.ConfigDict(config.to_dict(preserve_field_references=True))
+    copy.lock()
+    return copy
+
+
+def budget_overrides(
+    sweep: ml_collections.ConfigDict,
+    base: ml_collections.ConfigDict,
+    overrides: Sequence[tuple[str, str]],
+    size: int | float,
+) -> list[tuple[str, str]]:
+    """``config.steps > 0``: the same number of updates at every data size.
+
+    The base config's schedule (warm-up, decay epochs, total epochs) is scaled in proportion so
+    that it ends exactly after ``steps`` updates of ``optim.batch_size`` images from ``size``
+    images; the run also stops there (train.stop_after_steps). ``steps = 0`` keeps the base
+    config's epochs (more data, more steps).
+    """
+    if not sweep.steps:
+        return []
+    if not _is_count(size):
+        raise config_lib.ConfigError(
+            f"config.steps={sweep.steps} (a fixed number of updates) needs image counts in "
+            f"config.data_sizes, got {size!r}; give counts or set --config.steps=0 for the base "
+            "config's epochs."
+        )
+    config = check_overrides("", base, overrides, "the sweep's overrides")
+    batch = int(config.optim.batch_size)
+    if size < batch:
+        raise config_lib.ConfigError(
+            f"Data size {size} in config.data_sizes is smaller than one batch "
+            f"(optim.batch_size={batch})."
+        )
+    size = int(size)
+    steps_per_epoch = size // batch
+    epochs = sweep.steps / steps_per_epoch
+    scale = epochs / float(config.optim.epochs)
+    decay = tuple(round(e * scale, 6) for e in config.optim.decay_epochs)
+    decay = tuple(e for e in decay if e < epochs)
+    return [
+        ("optim.epochs", repr(epochs)),
+        ("optim.warmup_epochs", repr(round(float(config.optim.warmup_epochs) * scale, 6))),
+        ("optim.decay_epochs", repr(decay)),
+        ("train.stop_after_steps", str(sweep.steps)),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Which steps are done
+
+
+def _is_count(size: Any) -> bool:
+    """A data size that is an image count (> 1, whole), not 0 (all) or a fraction."""
+    return (
+        isinstance(size, (int, float))
+        and not isinstance(size, bool)
+        and size > 1
+        and float(size).is_integer()
+    )
+
+
+def latest_checkpoint(workdir: str) -> int | None:
+    """The highest completed checkpoint step in workdir/checkpoints (orbax writes each one to a
+    temporary name first, so only finished ones have plain integer names)."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return None
+    steps = [int(d) for d in os.listdir(directory) if d.isdigit()]
+    return max(steps) if steps else None
+
+
+def final_step(step: Step) -> int:
+    """The step a pretraining ends at: the trainer's plan for its config and data size, capped
+    by train.stop_after_steps. Counts the images only when data_size is not a count."""
+    from ssl_jax.train import optim as optim_lib
+
+    config = check_overrides(step.spec, None, step.overrides, step.workdir)
+    size = config.data.get("data_size", 0)
+    if _is_count(size):
+        # A count is exact: the data code refuses one larger than the source.
+        num_examples = int(size)
+    else:
+        from ssl_jax import data as data_lib
+
+        num_examples = data_lib.make_source(config.data).num_examples
+    plan = optim_lib.make_plan(config.optim, num_examples)
+    stop = config.train.stop_after_steps
+    return min(plan.total_steps, stop) if stop else plan.total_steps
+
+
+def pretrain_done(run: Run, final: Callable[[Step], int] = final_step) -> bool:
+    latest = latest_checkpoint(run.pretrain.workdir)
+    return latest is not None and latest >= final(run.pretrain)
+
+
+def benchmark_done(step: Step) -> bool:
+    return os.path.isfile(os.path.join(step.workdir, "results.json"))
+
+
+def pending_steps(run: Run, final: Callable[[Step], int] = final_step) -> list[Step]:
+    """The steps of ``run`` still to do, in order; [] for a finished run."""
+    todo = [] if pretrain_done(run, final) else [run.pretrain]
+    return todo + [s for s in run.benchmarks if not benchmark_done(s)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Emitting commands for a cluster
+
+
+def emit_commands(runs: Sequence[Run], python: str, final=final_step) -> str:
+    """One shell line per unfinished run: its pending steps chained with &&."""
+    lines = [
+        f"# {len(runs)} runs; finished ones are listed as comments",
+        f"cd {shlex.quote(REPO_ROOT)}",
+    ]
+    for run in runs:
+        todo = pending_steps(run, final)
+        if not todo:
+            lines.append(f"# {run.name}: finished")
+            continue
+        logs = shlex.quote(os.path.join(run.directory, "logs"))
+        lines.append(f"mkdir -p {logs} && " + " && ".join(s.shell(python) for s in todo))
+    return "\n".join(lines) + "\n"
+
+
+def emit_slurm(
+    runs: Sequence[Run], python: str, slurm: ml_collections.ConfigDict, final=final_step
+) -> str:
+    """A bash script of sbatch calls: a job per pretraining and one per benchmark, each
+    benchmark with --dependency=afterok on its run's pretraining job."""
+    lines = [
+        "#!/bin/bash",
+        f"# {len(runs)} runs: one sbatch job per pretraining, one per benchmark after it.",
+        "set -euo pipefail",
+        f"cd {shlex.quote(REPO_ROOT)}",
+    ]
+    for i, run in enumerate(runs):
+        todo = pending_steps(run, final)
+        if not todo:
+            lines.append(f"# {run.name}: finished")
+            continue
+        lines.append(f"# {run.name}")
+        lines.append(f"mkdir -p {shlex.quote(os.path.join(run.directory, 'logs'))}")
+        dependency = ""
+        for step in todo:
+            wrap = f"cd {shlex.quote(REPO_ROOT)} && {shlex.join(step.argv(python))}"
+            args = slurm.pretrain_args if step.name == "pretrain" else slurm.eval_args
+            sbatch = (
+                f"sbatch --parsable --job-name={shlex.quote(f'{run.name}/{step.name}')} "
+                f"--output={shlex.quote(step.log)} {args} {dependency}"
+                f"--wrap={shlex.quote(wrap)}"
+            )
+            sbatch = re.sub(r" +", " ", sbatch)
+            if step.name == "pretrain":
+                lines.append(f"JOB_{i}=$({sbatch})")
+                dependency = f"--dependency=afterok:$JOB_{i} "
+            else:
+                lines.append(sbatch)
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running locally
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def run_step(step: Step, python: str) -> float:
+    """Runs one step as a subprocess (output to its log); returns seconds; raises StepFailed."""
+    os.makedirs(os.path.dirname(step.log), exist_ok=True)
+    start = time.perf_counter()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(step.log, "a") as log:
+        log.write(f"$ {shlex.join(step.argv(python))}\n")
+        log.flush()
+        rc = subprocess.run(
+            step.argv(python), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env
+        ).returncode
+    seconds = time.perf_counter() - start
+    if rc != 0:
+        raise StepFailed(
+            f"exit code {rc} after {seconds:.0f} s; log {step.log}:\n{_tail(step.log)}"
+        )
+    return seconds
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    with open(path, errors="replace") as f:
+        return "".join("    " + line for line in f.readlines()[-lines:])
+
+
+def launch(
+    runs: Sequence[Run],
+    python: str,
+    keep_going: bool = False,
+    final: Callable[[Step], int] = final_step,
+    out: Callable[[str], None] = print,
+) -> list[str]:
+    """Runs every pending step, one after another; returns the names of the failed runs.
+
+    Stops at the first failure unless ``keep_going`` (then the failed run's later steps are
+    skipped and the next run starts).
+    """
+    failed = []
+    for i, run in enumerate(runs, 1):
+        todo = pending_steps(run, final)
+        if not todo:
+            out(f"[{i}/{len(runs)}] {run.name}: finished, skipped")
+            continue
+        os.makedirs(run.directory, exist_ok=True)
+        with open(os.path.join(run.directory, "run.json"), "w") as f:
+            json.dump(run.describe(), f, indent=1)
+        for step in todo:
+            out(f"[{i}/{len(runs)}] {run.name}: {step.name} (log {step.log})")
+            try:
+                seconds = run_step(step, python)
+                if step.name == "pretrain" and not pretrain_done(run, final):
+                    raise StepFailed(
+                        f"it exited before its final step {final(step)} (latest checkpoint: "
+                        f"{latest_checkpoint(step.workdir)}; stopped by a signal?); rerun to "
+                        "resume"
+                    )
+            except StepFailed as e:
+                out(f"[{i}/{len(runs)}] {run.name}: {step.name} FAILED: {e}")
+                failed.append(run.name)
+                break
+            out(f"[{i}/{len(runs)}] {run.name}: {step.name} done in {seconds:.0f} s")
+        if failed and not keep_going:
+            out(f"Stopped after the failure of {failed[0]} (--keep_going runs the others).")
+            break
+    return failed
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def load_sweep(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+    """A sweep config file with its --config.KEY=VALUE overrides applied."""
+    sweep = config_lib.load_config(resolve_spec(spec))
+    config_lib.apply_overrides(sweep, overrides)
+    return sweep
+
+
+def select(runs: Sequence[Run], only: Sequence[str]) -> list[Run]:
+    return [r for r in runs if not only or any(s in r.name for s in only)]
+
+
+def status_table(runs: Sequence[Run], final=final_step) -> str:
+    lines = []
+    for run in runs:
+        todo = pending_steps(run, final)
+        state = "finished" if not todo else "to run: " + ", ".join(s.name for s in todo)
+        lines.append(f"{run.name}: {state}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m ssl_jax.sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, help="a sweep config, configs/sweeps/X.py[:ARG]")
+    parser.add_argument("--dry_run", action="store_true")
+    parser.add_argument("--emit", choices=("commands", "slurm"), default=None)
+    parser.add_argument("--only", action="append", default=[])
+    parser.add_argument("--keep_going", action="store_true")
+    parser.add_argument("--results_only", action="store_true")
+    args, rest = parser.parse_known_args(list(argv))
+    overrides = []
+    for item in rest:
+        key, sep, value = item.removeprefix("--config.").partition("=")
+        if not item.startswith("--config.") or not sep:
+            parser.error(f"unrecognised argument {item!r}; overrides look like --config.key=value")
+        overrides.append((key, value))
+    return args, overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        sweep = load_sweep(args.config, overrides)
+        if args.results_only:
+            return _results(sweep)
+        runs = select(expand(sweep), args.only)
+    except config_lib.ConfigError as e:
+        print(f"Config error: {e}", file=sys.stderr)
+        return 2
+    if not runs:
+        print(f"No run name contains any of {args.only}.", file=sys.stderr)
+        return 2
+    python = sweep.python or sys.executable
+    if args.dry_run:
+        print(f"Sweep {sweep.name}: {len(runs)} runs in {os.path.abspath(sweep.sweep_dir)}")
+        print(status_table(runs))
+        return 0
+    _write_sweep_json(sweep)
+    if args.emit == "commands":
+        print(emit_commands(runs, python), end="")
+        return 0
+    if args.emit == "slurm":
+        print(emit_slurm(runs, python, sweep.slurm), end="")
+        return 0
+    start = time.perf_counter()
+    print(f"Sweep {sweep.name}: {len(runs)} runs in {os.path.abspath(sweep.sweep_dir)}", flush=True)
+    failed = launch(runs, python, keep_going=args.keep_going, out=lambda s: print(s, flush=True))
+    print(f"Sweep {sweep.name}: {time.perf_counter() - start:.0f} s", flush=True)
+    rc = _results(sweep)
+    if failed:
+        print(f"Failed runs: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return rc
+
+
+def _write_sweep_json(sweep: ml_collections.ConfigDict) -> None:
+    sweep_dir = os.path.abspath(sweep.sweep_dir)
+    os.makedirs(sweep_dir, exist_ok=True)
+    with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
+        f.write(sweep.to_json_best_effort(indent=1))
+
+
+def _results(sweep: ml_collections.ConfigDict) -> int:
+    from ssl_jax import sweep_results
+
+    paths = sweep_results.write(
+        os.path.abspath(sweep.sweep_dir),
+        metric=sweep.results.metric,
+        lowshot_k=sweep.results.lowshot_k,
+        gap_models=tuple(sweep.results.gap_models),
+    )
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

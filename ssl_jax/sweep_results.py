@@ -1,0 +1,460 @@
+r"""A sweep's results in one table, and the paper's scaling figures.
+
+  python -m ssl_jax.sweep_results --sweep_dir=D [--out_dir=D/results] [--metric=voc07_svm]
+      [--lowshot_k=0] [--gap_models=alexnet,r50]
+
+(``python -m ssl_jax.sweep --config=... --results_only`` does the same with the sweep config's
+``results`` fields; a local sweep does it after its last run.)
+
+Reads every run directory of ``D`` (``<task>_<model>_n<size>_<P|K><value>``, with the run.json
+that ssl_jax.sweep writes there) and its benchmarks' ``eval_<name>/results.json``. Metrics, all in
+%:
+- voc07_svm: test mAP per layer (``layers[layer]["mAP"]``, a fraction, x100);
+- voc07_lowshot, places205_lowshot: mean test mAP over samples at k = ``lowshot_k`` (0: the
+  largest k evaluated) per layer (``layers[layer]["ks"][k]["mean"]`` x100);
+- linear: top-1 per layer (``layers[layer]["top1"]``, already %).
+A benchmark's score for a run is its best layer's value (the paper reports the best layer).
+
+Writes to ``out_dir``:
+- runs.csv: one row per run: axes, pretraining step, per benchmark the best value, the best
+  layer and one column per layer;
+- runs.md: the same as markdown tables (best layers; then per-layer values per benchmark), and
+  notes on figures left out;
+- one PNG per claim, the transfer metric being ``metric``'s best-layer value:
+  fig_data_size.png (against data size, log axis, a panel per task, a line per model),
+  fig_permutations.png (Jigsaw, against |P|), fig_colorization_k.png (Colorization, against K),
+  fig_model_gap.png (second minus first of ``gap_models`` against data size).
+  A figure whose axis has a single value in the sweep (or, for the gap, lacks one of the two
+  models) is left out with a note in runs.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from matplotlib.figure import Figure
+
+RUN_NAME = re.compile(
+    r"^(?P<task>[a-z]+)_(?P<model>.+)_n(?P<size>[^_]+)_(?P<axis>[PK])(?P<value>\d+)$"
+)
+AXIS_NAMES = {"P": "|P| (Jigsaw permutations)", "K": "K (Colorization soft-encoding neighbours)"}
+UNITS = {"voc07_svm": "mAP (%)", "voc07_lowshot": "mAP (%)", "places205_lowshot": "mAP (%)",
+         "linear": "top-1 (%)"}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Collecting
+
+
+def collect(sweep_dir: str, lowshot_k: int = 0) -> list[dict[str, Any]]:
+    """One dict per run directory, sorted by (task, model, data size, complexity):
+
+    {"run", "task", "model", "data_size", "axis", "complexity", "pretrain_step" (latest
+     checkpoint or None), "benchmarks": {name: {"evaluation", "unit", "best", "best_layer",
+     "layers": {layer: value in %}, "note"}}}.
+    """
+    rows = []
+    for name in sorted(os.listdir(sweep_dir)):
+        directory = os.path.join(sweep_dir, name)
+        if not os.path.isdir(directory):
+            continue
+        axes = _run_axes(directory, name)
+        if axes is None:
+            continue
+        from ssl_jax.sweep import latest_checkpoint
+
+        row = dict(axes, pretrain_step=latest_checkpoint(os.path.join(directory, "pretrain")))
+        row["benchmarks"] = {}
+        for entry in sorted(os.listdir(directory)):
+            path = os.path.join(directory, entry, "results.json")
+            if entry.startswith("eval_") and os.path.isfile(path):
+                with open(path) as f:
+                    results = json.load(f)
+                row["benchmarks"][entry.removeprefix("eval_")] = benchmark_scores(
+                    results, lowshot_k
+                )
+        rows.append(row)
+    rows.sort(key=lambda r: (r["task"], r["model"], r["data_size"], r["complexity"]))
+    return rows
+
+
+def _run_axes(directory: str, name: str) -> dict[str, Any] | None:
+    """The run's axes from its run.json, else from its directory name; None if neither."""
+    path = os.path.join(directory, "run.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            run = json.load(f)
+        return {k: run[k] for k in ("task", "model", "data_size", "axis", "complexity")} | {
+            "run": name
+        }
+    match = RUN_NAME.match(name)
+    if match is None:
+        return None
+    size = match["size"]
+    data_size = 0 if size == "all" else float(size)
+    if data_size > 1:
+        data_size = int(data_size)
+    return {"run": name, "task": match["task"], "model": match["model"], "data_size": data_size,
+            "axis": match["axis"], "complexity": int(match["value"])}  # fmt: skip
+
+
+def benchmark_scores(results: dict[str, Any], lowshot_k: int = 0) -> dict[str, Any]:
+    """Per-layer values (%) and the best layer of one results.json."""
+    evaluation = results.get("evaluation", "")
+    layers: dict[str, float] = {}
+    note = ""
+    for layer, r in results.get("layers", {}).items():
+        if evaluation == "voc07_svm":
+            value = r.get("mAP")
+            value = None if value is None else 100.0 * value
+        elif evaluation in ("voc07_lowshot", "places205_lowshot"):
+            ks = sorted(int(k) for k in r.get("ks", {}))
+            k = lowshot_k or (ks[-1] if ks else 0)
+            entry = r.get("ks", {}).get(str(k))
+            value = None if entry is None else 100.0 * entry["mean"]
+            note = f"k={k}, mean over samples, test-selected cost"
+        elif evaluation == "linear":
+            value = r.get("top1")
+        else:
+            raise ValueError(f"results.json has evaluation={evaluation!r}; known: {sorted(UNITS)}.")
+        if value is not None and math.isfinite(value):
+            layers[layer] = float(value)
+    best_layer = max(layers, key=layers.get) if layers else None
+    return {
+        "evaluation": evaluation,
+        "unit": UNITS.get(evaluation, ""),
+        "best": layers[best_layer] if best_layer else None,
+        "best_layer": best_layer,
+        "layers": layers,
+        "note": note,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def benchmark_names(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return sorted({b for r in rows for b in r["benchmarks"]})
+
+
+def flat_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """CSV rows: axes, then per benchmark <b>, <b>_layer and <b>/<layer> columns."""
+    layer_names = {b: _layers(rows, b) for b in benchmark_names(rows)}
+    out = []
+    for r in rows:
+        flat = {k: r[k] for k in ("run", "task", "model", "data_size", "axis", "complexity",
+                                  "pretrain_step")}  # fmt: skip
+        for b, layers in layer_names.items():
+            scores = r["benchmarks"].get(b, {})
+            flat[b] = _round(scores.get("best"))
+            flat[f"{b}_layer"] = scores.get("best_layer") or ""
+            for layer in layers:
+                flat[f"{b}/{layer}"] = _round(scores.get("layers", {}).get(layer))
+        out.append(flat)
+    return out
+
+
+def _layers(rows: Sequence[dict[str, Any]], benchmark: str) -> list[str]:
+    """The layers of a benchmark over all runs, in the order the results list them."""
+    names = (layer for r in rows for layer in r["benchmarks"].get(benchmark, {}).get("layers", {}))
+    return list(dict.fromkeys(names))
+
+
+def _round(value: float | None) -> float | str:
+    return "" if value is None else round(value, 2)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str) -> None:
+    flat = flat_rows(rows)
+    fields = list(dict.fromkeys(k for r in flat for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(flat)
+
+
+def markdown(rows: Sequence[dict[str, Any]], notes: Sequence[str] = ()) -> str:
+    """Best layer per benchmark for every run, then a per-layer table per benchmark."""
+    benchmarks = benchmark_names(rows)
+    head = ["run", "task", "model", "data size", "P/K", "pretrain step"]
+    lines = [
+        "| " + " | ".join(head + [f"{b} best {_unit(rows, b)}" for b in benchmarks]) + " |",
+        "|" + "---|" * (len(head) + len(benchmarks)),
+    ]
+    for r in rows:
+        cells = [r["run"], r["task"], r["model"], _size(r["data_size"]),
+                 f"{r['axis']}={r['complexity']}",
+                 "" if r["pretrain_step"] is None else str(r["pretrain_step"])]  # fmt: skip
+        for b in benchmarks:
+            s = r["benchmarks"].get(b)
+            cells.append(
+                f"{s['best']:.2f} ({s['best_layer']})" if s and s["best"] is not None else ""
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    out = ["# Sweep results", "", "\n".join(lines), ""]
+    for b in benchmarks:
+        layers = _layers(rows, b)
+        extra = {s["note"] for r in rows if (s := r["benchmarks"].get(b)) and s["note"]}
+        out += [
+            f"## {b}: {_unit(rows, b)} per layer"
+            + (f" ({'; '.join(sorted(extra))})" if extra else ""),
+            "",
+        ]
+        out.append("| run | " + " | ".join(layers) + " |")
+        out.append("|---|" + "---|" * len(layers))
+        for r in rows:
+            values = r["benchmarks"].get(b, {}).get("layers", {})
+            cells = [f"{values[layer]:.2f}" if layer in values else "" for layer in layers]
+            out.append(f"| {r['run']} | " + " | ".join(cells) + " |")
+        out.append("")
+    if notes:
+        out += ["## Figures", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(out)
+
+
+def _unit(rows: Sequence[dict[str, Any]], benchmark: str) -> str:
+    for r in rows:
+        if benchmark in r["benchmarks"]:
+            return r["benchmarks"][benchmark]["unit"]
+    return ""
+
+
+def _size(size: float) -> str:
+    if size == 0:
+        return "all"
+    if size > 1:
+        n = int(size)
+        for div, suffix in ((1_000_000, "M"), (1_000, "k")):
+            if n >= div and n % (div // 10) == 0:
+                return f"{n / div:g}{suffix}"
+        return str(n)
+    return f"{size:g} (fraction)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def choose_metric(rows: Sequence[dict[str, Any]], metric: str = "") -> str:
+    """``metric`` if given, else voc07_svm when present, else the first benchmark found."""
+    names = benchmark_names(rows)
+    if metric:
+        return metric
+    if "voc07_svm" in names:
+        return "voc07_svm"
+    return names[0] if names else ""
+
+
+def _score(row: dict[str, Any], metric: str) -> float | None:
+    s = row["benchmarks"].get(metric)
+    return None if s is None else s["best"]
+
+
+def _series(rows, metric, x_key, group_keys):
+    """{group tuple: sorted [(x, y)]} over rows with a score, for groups with two points or
+    more (a lone point is no trend: grid="axes" puts the other complexities at one size)."""
+    out: dict[tuple, list[tuple[float, float]]] = {}
+    for r in rows:
+        y = _score(r, metric)
+        if y is None:
+            continue
+        out.setdefault(tuple(r[k] for k in group_keys), []).append((r[x_key], y))
+    return {k: sorted(v) for k, v in sorted(out.items()) if len(v) >= 2}
+
+
+def _distinct(rows, key) -> list:
+    return sorted({r[key] for r in rows})
+
+
+def figures(
+    rows: Sequence[dict[str, Any]],
+    metric: str = "",
+    gap_models: Sequence[str] = ("alexnet", "r50"),
+) -> tuple[dict[str, Figure], list[str]]:
+    """The paper's figures, one per claim, as matplotlib Figures (not yet saved), and notes on
+    those left out. Keys: data_size, permutations, colorization_k, model_gap."""
+    metric = choose_metric(rows, metric)
+    figs: dict[str, Figure] = {}
+    notes: list[str] = []
+    scored = [r for r in rows if _score(r, metric) is not None]
+    if not scored:
+        return figs, [f"No run has results for {metric or 'any benchmark'}: no figures."]
+    ylabel = f"{metric} {_unit(rows, metric)}, best layer"
+    sizes = _distinct(scored, "data_size")
+
+    # (a) Transfer against data size, a panel per task, a line per model (and complexity).
+    by_task = {
+        task: _series([r for r in scored if r["task"] == task], metric, "data_size",
+                      ("model", "axis", "complexity"))
+        for task in _distinct(scored, "task")
+    }  # fmt: skip
+    by_task = {task: series for task, series in by_task.items() if series}
+    if len(sizes) < 2:
+        notes.append(f"fig_data_size.png left out: one data size in the sweep ({_size(sizes[0])}).")
+    elif not by_task:
+        notes.append("fig_data_size.png left out: no model and complexity with results at two "
+                     "data sizes.")  # fmt: skip
+    else:
+        fig = Figure(figsize=(5.5 * len(by_task), 4.2), layout="constrained")
+        axes = fig.subplots(1, len(by_task), squeeze=False)[0]
+        for ax, (task, series) in zip(axes, by_task.items(), strict=True):
+            for (model, axis, value), pts in series.items():
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o", label=f"{model}, {axis}={value}")
+            ax.set_xscale("log")
+            ax.set_xlabel("pretraining images (log scale)")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{task}: transfer vs data size")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize="small")
+        figs["data_size"] = fig
+
+    # (b), (c) Transfer against problem complexity, per task.
+    complexity_figures = (
+        ("permutations", "jigsaw", "P", "|P|, permutations"),
+        ("colorization_k", "colorization", "K", "K, nearest ab bins"),
+    )
+    for key, task, axis, what in complexity_figures:
+        task_rows = [r for r in scored if r["task"] == task]
+        values = _distinct(task_rows, "complexity")
+        if len(values) < 2:
+            notes.append(
+                f"fig_{key}.png left out: {task} has "
+                + (f"one value of {axis} ({values[0]})." if values else "no runs with results.")
+            )
+            continue
+        series = _series(task_rows, metric, "complexity", ("model", "data_size"))
+        if not series:
+            notes.append(f"fig_{key}.png left out: no model and data size with results at two "
+                         f"values of {axis}.")  # fmt: skip
+            continue
+        fig = Figure(figsize=(6, 4.2), layout="constrained")
+        ax = fig.subplots()
+        for (model, size), pts in series.items():
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, marker="o", label=f"{model}, {_size(size)} images")
+        ax.set_xscale("log")
+        ax.set_xticks(values, [str(v) for v in values])
+        ax.minorticks_off()
+        ax.set_xlabel(f"problem complexity {what} (log scale)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{task}: transfer vs problem complexity {AXIS_NAMES[axis].split()[0]}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+        figs[key] = fig
+
+    # (d) The gap between two models against data size.
+    small, large = gap_models
+    models = set(_distinct(scored, "model"))
+    missing = [m for m in (small, large) if m not in models]
+    gaps: dict[tuple, list[tuple[float, float]]] = {}
+    by_key = {
+        (r["task"], r["model"], r["data_size"], r["complexity"]): _score(r, metric) for r in scored
+    }
+    for (task, model, size, value), y in by_key.items():
+        if model == large and (task, small, size, value) in by_key:
+            gaps.setdefault((task, value), []).append(
+                (size, y - by_key[(task, small, size, value)])
+            )
+    gap_sizes = {x for pts in gaps.values() for x, _ in pts}
+    if missing:
+        notes.append(
+            f"fig_model_gap.png left out: no runs with results of model(s) {missing} "
+            f"(results.gap_models={list(gap_models)}; models here: {sorted(models)})."
+        )
+    elif len(gap_sizes) < 2:
+        notes.append("fig_model_gap.png left out: fewer than two data sizes with both "
+                     f"{small} and {large} results.")  # fmt: skip
+    else:
+        fig = Figure(figsize=(6, 4.2), layout="constrained")
+        ax = fig.subplots()
+        for (task, value), pts in sorted(gaps.items()):
+            xs, ys = zip(*sorted(pts), strict=True)
+            axis = next(r["axis"] for r in scored if r["task"] == task)
+            ax.plot(xs, ys, marker="o", label=f"{task}, {axis}={value}")
+        ax.axhline(0.0, color="gray", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("pretraining images (log scale)")
+        ax.set_ylabel(f"{large} - {small}: {metric} {_unit(rows, metric)}")
+        ax.set_title(f"Model capacity: {large} vs {small} gap vs data size")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+        figs["model_gap"] = fig
+    return figs, notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything at once
+
+
+def write(
+    sweep_dir: str,
+    out_dir: str | None = None,
+    metric: str = "",
+    lowshot_k: int = 0,
+    gap_models: Sequence[str] = ("alexnet", "r50"),
+) -> list[str]:
+    """Collects ``sweep_dir`` and writes runs.csv, runs.md and the figures; returns their paths."""
+    if not os.path.isdir(sweep_dir):
+        raise FileNotFoundError(f"--sweep_dir={sweep_dir!r} is not a directory.")
+    out_dir = out_dir or os.path.join(sweep_dir, "results")
+    os.makedirs(out_dir, exist_ok=True)
+    rows = collect(sweep_dir, lowshot_k)
+    figs, notes = figures(rows, metric, gap_models)
+    paths = [os.path.join(out_dir, "runs.csv"), os.path.join(out_dir, "runs.md")]
+    write_csv(rows, paths[0])
+    for key, fig in figs.items():
+        path = os.path.join(out_dir, f"fig_{key}.png")
+        fig.savefig(path, dpi=120)
+        paths.append(path)
+    metric = choose_metric(rows, metric)
+    notes = [f"Transfer metric in the figures: {metric}, best layer per run."] + notes
+    with open(paths[1], "w") as f:
+        f.write(markdown(rows, notes))
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ssl_jax.sweep_results",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--sweep_dir", required=True)
+    parser.add_argument("--out_dir", default=None, help="default: SWEEP_DIR/results")
+    parser.add_argument("--metric", default=None, help="benchmark of the figures")
+    parser.add_argument("--lowshot_k", type=int, default=None, help="0: the largest k")
+    parser.add_argument("--gap_models", default=None, help="two model names, e.g. alexnet,r50")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    # Defaults from the sweep's own config (sweep.json), if the sweep command wrote one.
+    settings = {"metric": "", "lowshot_k": 0, "gap_models": ["alexnet", "r50"]}
+    sweep_json = os.path.join(args.sweep_dir, "sweep.json")
+    if os.path.isfile(sweep_json):
+        with open(sweep_json) as f:
+            settings.update(json.load(f).get("results", {}))
+    metric = settings["metric"] if args.metric is None else args.metric
+    lowshot_k = settings["lowshot_k"] if args.lowshot_k is None else args.lowshot_k
+    gap = settings["gap_models"] if args.gap_models is None else args.gap_models.split(",")
+    if len(gap) != 2:
+        parser.error(f"--gap_models={','.join(gap)} must name two models, e.g. alexnet,r50")
+    try:
+        paths = write(args.sweep_dir, args.out_dir, metric, lowshot_k, tuple(gap))
+    except FileNotFoundError as e:
+        print(e, file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
