@@ -14,6 +14,17 @@ Flags:
   --multihost           call jax.distributed.initialize() first (also: SSL_JAX_MULTIHOST=1, or
                         config.train.multihost=True), for TPU pods and multi-node GPU jobs.
   --print_config        print the resolved config and exit without training.
+
+Multi-process runs: every process runs the same command. On TPU pods and Slurm/Open MPI GPU
+clusters jax.distributed.initialize() finds the coordinator, the process count and this process's
+id by itself. Elsewhere (a plain cluster, or several processes on one machine) set all three:
+  SSL_JAX_COORDINATOR=HOST:PORT   address of process 0's coordinator service, e.g. 10.0.0.1:1234;
+  SSL_JAX_NUM_PROCESSES=N         the number of processes;
+  SSL_JAX_PROCESS_ID=I            this process, 0 ... N-1 (process 0 writes metrics.jsonl).
+Cross-process collectives on CPU go through gloo over TCP (JAX's default CPU collectives), so
+  SSL_JAX_MULTIHOST=1 SSL_JAX_COORDINATOR=127.0.0.1:1234 SSL_JAX_NUM_PROCESSES=2 \
+  SSL_JAX_PROCESS_ID=0 python -m ssl_jax.main ...   (and PROCESS_ID=1 in a second shell)
+trains one run with two processes on one machine.
 """
 
 from __future__ import annotations
@@ -53,6 +64,41 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     return args, overrides
 
 
+DISTRIBUTED_ENV = {
+    "SSL_JAX_COORDINATOR": "coordinator_address",
+    "SSL_JAX_NUM_PROCESSES": "num_processes",
+    "SSL_JAX_PROCESS_ID": "process_id",
+}
+
+
+def distributed_arguments(environ) -> dict[str, str | int]:
+    """jax.distributed.initialize's arguments from SSL_JAX_COORDINATOR/NUM_PROCESSES/PROCESS_ID.
+
+    Unset variables are left out, so JAX detects them from the cluster (TPU, Slurm, Open MPI).
+    Raises ValueError for a count or id that is not an integer, or an id out of range.
+    """
+    kwargs: dict[str, str | int] = {}
+    for name, argument in DISTRIBUTED_ENV.items():
+        value = environ.get(name, "").strip()
+        if not value:
+            continue
+        if argument == "coordinator_address":
+            kwargs[argument] = value
+            continue
+        try:
+            kwargs[argument] = int(value)
+        except ValueError:
+            raise ValueError(f"{name}={value!r} is not an integer.") from None
+    count, index = kwargs.get("num_processes"), kwargs.get("process_id")
+    if count is not None and count < 1:
+        raise ValueError(f"SSL_JAX_NUM_PROCESSES={count} must be at least 1.")
+    if count is not None and index is not None and not 0 <= index < count:
+        raise ValueError(
+            f"SSL_JAX_PROCESS_ID={index} is not in [0, SSL_JAX_NUM_PROCESSES={count})."
+        )
+    return kwargs
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
@@ -86,12 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     if multihost:
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize(**distributed_arguments(os.environ))
+        except ValueError as e:
+            print(f"Multi-process set-up error: {e}", file=sys.stderr)
+            return 2
     from ssl_jax.train import InputPipelineError, TrainingDiverged, train
 
-    os.makedirs(args.workdir, exist_ok=True)
+    from ssl_jax import fileio
+
+    fileio.makedirs(args.workdir)
     if jax.process_index() == 0:
-        with open(os.path.join(args.workdir, "config.json"), "w") as f:
+        with fileio.open_file(fileio.join(args.workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     try:
         if "evaluation" in config:

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from ssl_jax.train.metrics import read_metrics
+from ssl_jax.train import metrics as metrics_lib
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +38,15 @@ def start(workdir, *extra, log="log.txt"):
     return subprocess.Popen(
         command(workdir, *extra), cwd=ROOT, env=env(), stdout=out, stderr=subprocess.STDOUT
     )
+
+
+def read_metrics(workdir):
+    """The training rows of metrics.jsonl (the :runlocal probe logs rows of its own)."""
+    return [r for r in metrics_lib.read_metrics(workdir) if "loss" in r]
+
+
+def probe_rows(workdir):
+    return [r for r in metrics_lib.read_metrics(workdir) if any(k.startswith("probe/") for k in r)]
 
 
 def checkpoints(workdir):
@@ -74,6 +83,7 @@ def test_demo_learns(demo_run):
     assert last < first - 0.5, (first, last)
     assert rows[-1]["top1"] > 0.05  # chance is 0.01
     assert checkpoints(workdir)[-1] == 640
+    assert probe_rows(str(workdir))[-1]["step"] == 640  # the :runlocal probe ran at the end
     print(f"demo: {seconds:.0f} s, loss {first:.3f} -> {last:.3f}")
 
 
