@@ -2,7 +2,8 @@
 
 Usage:
   python benchmarks/svm.py [--train train.npz --test test.npz] [--classes N] [--costs a,b,...]
-      [--n_train 5011 --n_test 4952 --dim 9216] [--skip_reference] [--out FILE]
+      [--n_train 5011 --n_test 4952 --dim 9216] [--skip_reference] [--solvers sklearn,jax]
+      [--out FILE]
 
 The protocol is the full one (PROTOCOLS.md "VOC07 linear SVMs"): per class, every cost with
 3-fold CV (unshuffled StratifiedKFold, non-interpolated AP), the first best cost, a refit on all
@@ -111,6 +112,9 @@ def main() -> None:
     parser.add_argument("--n_test", type=int, default=4952)
     parser.add_argument("--dim", type=int, default=9216)
     parser.add_argument("--skip_reference", action="store_true")
+    parser.add_argument(
+        "--solvers", default="sklearn,jax", help="ssl_jax solvers to time: sklearn, jax or both"
+    )
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "svm.json"))
     args = parser.parse_args()
     info = machine_info()
@@ -148,7 +152,11 @@ def main() -> None:
             "mAP": float(np.mean(aps)),
             "chosen_costs": [c for c, _ in ref],
         }
-    for solver in ("sklearn", "jax"):
+    solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
+    unknown = sorted(set(solvers) - {"sklearn", "jax"})
+    if unknown:
+        parser.error(f"--solvers={args.solvers!r}: unknown {unknown}; allowed: sklearn, jax.")
+    for solver in solvers:
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

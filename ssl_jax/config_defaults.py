@@ -279,7 +279,7 @@ def linear_evaluation() -> ml_collections.ConfigDict:
     configs/evals/{imagenet,places205}_linear.py and configs/evals/linear.py set the data; the
     fields read by ``ssl_jax.evals.linear``. Values "auto" / -1 resolve from the trunk there.
     """
-    from ssl_jax.evals import linear_data
+    from ssl_jax.evals import linear_config
 
     c = ml_collections.ConfigDict()
     c.evaluation = "linear"
@@ -294,8 +294,8 @@ def linear_evaluation() -> ml_collections.ConfigDict:
     c.features.pooling = "table"  # table | adaptive (other input sizes)
 
     c.data = ml_collections.ConfigDict()
-    c.data.train = linear_data.split_config("tfds", "imagenet2012", "train")
-    c.data.test = linear_data.split_config("tfds", "imagenet2012", "validation")
+    c.data.train = linear_config.split_config("tfds", "imagenet2012", "train")
+    c.data.test = linear_config.split_config("tfds", "imagenet2012", "validation")
 
     c.input = ml_collections.ConfigDict()
     # auto: random_resized_crop (+ flip); Colorization trunks: resize_crop (resize, crop, flip).

@@ -137,9 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"Multi-process set-up error: {e}", file=sys.stderr)
             return 2
-    from ssl_jax.train import InputPipelineError, TrainingDiverged, train
-
     from ssl_jax import fileio
+    from ssl_jax.train import InputPipelineError, TrainingDiverged, train
 
     fileio.makedirs(args.workdir)
     if jax.process_index() == 0:

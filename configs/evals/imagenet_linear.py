@@ -21,11 +21,11 @@ Arguments (after a colon, comma-separated):
 """
 
 from ssl_jax import config_defaults, config_lib
-from ssl_jax.evals import linear_data
+from ssl_jax.evals import linear_config
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, **linear_data.ARGS)
+    arg = config_lib.parse_arg(arg, **linear_config.ARGS)
     c = config_defaults.linear_evaluation()  # TFDS imagenet2012 train -> validation
-    linear_data.apply_args(c, arg)
+    linear_config.apply_args(c, arg)
     return c

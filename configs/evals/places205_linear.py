@@ -33,14 +33,14 @@ Arguments (after a colon, comma-separated):
 """
 
 from ssl_jax import config_defaults, config_lib
-from ssl_jax.evals import linear_data
+from ssl_jax.evals import linear_config
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, **linear_data.ARGS)
+    arg = config_lib.parse_arg(arg, **linear_config.ARGS)
     c = config_defaults.linear_evaluation()
     # Without train/test arguments the paths stay empty and the run says which field to set.
-    c.data.train = linear_data.split_config("filelist", split="train")
-    c.data.test = linear_data.split_config("filelist", split="val")
-    linear_data.apply_args(c, arg)
+    c.data.train = linear_config.split_config("filelist", split="train")
+    c.data.test = linear_config.split_config("filelist", split="val")
+    linear_config.apply_args(c, arg)
     return c

@@ -34,9 +34,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ssl_jax import config_lib
-from ssl_jax import data as data_lib
 from ssl_jax.evals import features as features_lib
-from ssl_jax.evals import linear_data
+from ssl_jax.evals import linear_config
 from ssl_jax.models.batchnorm import GroupedBatchNorm
 from ssl_jax.train import checkpoint as ckpt_lib
 from ssl_jax.train import metrics as metrics_lib
@@ -136,6 +135,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def check_settings(config: ml_collections.ConfigDict, run_config: ml_collections.ConfigDict):
     """The checks that need the trunk's config (also run when weights are passed in)."""
+    from ssl_jax import data as data_lib  # TensorFlow: only where data is read
+
     o = config.optim
     for key in ("steps", "decay_every", "batch_size"):
         if int(o[key]) <= 0:
@@ -159,10 +160,10 @@ def check_settings(config: ml_collections.ConfigDict, run_config: ml_collections
             f"{t.eval_every} must be multiples of config.train.log_every={t.log_every}."
         )
     augment = config.input.train_augment
-    if augment != "auto" and augment not in linear_data.AUGMENTATIONS:
+    if augment != "auto" and augment not in linear_config.AUGMENTATIONS:
         raise config_lib.ConfigError(
             f"config.input.train_augment={augment!r}; allowed: auto, "
-            f"{', '.join(linear_data.AUGMENTATIONS)}."
+            f"{', '.join(linear_config.AUGMENTATIONS)}."
         )
     bn_scale_shift(run_config, config.head.bn_scale_shift)
     if config.features.pooling not in ("table", "adaptive"):
@@ -314,6 +315,8 @@ def evaluate(
     Returns:
       results.json's content; "layers": {layer: {"top1", "top5" (in %), "dims"}}.
     """
+    from ssl_jax.evals import linear_data  # TensorFlow: only where data is read
+
     start = time.perf_counter()
     run_config, trunk, description, pretrained_step = weights or _load_weights(config)
     check_settings(config, run_config)

@@ -25,7 +25,6 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ssl_jax import config_lib, fileio, tasks
-from ssl_jax import data as data_lib
 from ssl_jax.train import checkpoint as ckpt_lib
 from ssl_jax.train import metrics as metrics_lib
 from ssl_jax.train import optim as optim_lib
@@ -134,6 +133,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
     local_batch = check_batch(config.optim.batch_size, mesh)
+
+    from ssl_jax import data as data_lib  # TensorFlow: only where data is read
 
     # Data: only its size is needed before the iterator is opened at the resume position.
     source = data_lib.make_source(config.data)
@@ -380,6 +381,8 @@ def _log(pending, step, plan, window_start, window_steps, writer, progress) -> d
         elapsed = time.perf_counter() - window_start
         scalars["images_per_sec"] = window_steps * plan.batch_size / elapsed
     scalars["epoch"] = plan.epoch(step)
+    from ssl_jax import data as data_lib
+
     skipped = data_lib.skip_counts()
     if skipped:
         scalars["skipped_images"] = int(sum(skipped.values()))
