@@ -2,7 +2,8 @@
 
 Usage:
   python benchmarks/linear.py [--batch_sizes 32] [--steps N] [--size 224] [--classes 1000]
-      [--width 1.0] [--no_torch] [--out benchmarks/results/linear.json]
+      [--width 1.0] [--dtype auto|float32|bfloat16] [--no_torch]
+      [--out benchmarks/results/linear.json]
 
 JAX side: the library's step, built as ``ssl_jax.evals.linear.evaluate`` builds it: the
 pretraining config configs/jigsaw_r50.py (ResNet-50, width --width) with random trunk
@@ -43,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.train_step import machine_info, timed_step, torch_modules  # noqa: E402
-from ssl_jax import config_lib  # noqa: E402
+from ssl_jax import config_lib, tasks  # noqa: E402
 from ssl_jax.evals import features as features_lib  # noqa: E402
 from ssl_jax.evals import linear  # noqa: E402
 from ssl_jax.models import make_trunk  # noqa: E402
@@ -58,9 +59,10 @@ CPU_STEPS, GPU_STEPS = 3, 20
 class JaxStep:
     """The library's linear-evaluation train step on random data, state donated each call."""
 
-    def __init__(self, batch: int, size: int, classes: int, width: float):
+    def __init__(self, batch: int, size: int, classes: int, width: float, dtype: str = "auto"):
         run_config = config_lib.load_config(os.path.join(ROOT, "configs/jigsaw_r50.py"))
         run_config.model.width = width
+        run_config.model.dtype = dtype
         config = config_lib.load_config(os.path.join(ROOT, "configs/evals/imagenet_linear.py"))
         config.features.size = size
         config.optim.batch_size = batch
@@ -121,7 +123,7 @@ class JaxStep:
 class TorchStep:
     """The same step in PyTorch: frozen ResNet-50 (eval, no_grad), pooled taps, BN1d + Linear."""
 
-    def __init__(self, batch, size, classes, width, dims, device, channels_last):
+    def __init__(self, batch, size, classes, width, dims, device, channels_last, autocast=False):
         import torch
         from torch import nn
 
@@ -160,10 +162,11 @@ class TorchStep:
         std = torch.tensor((0.229, 0.224, 0.225), device=device).view(1, 3, 1, 1)
         self.mean, self.std = mean, std
         self.channels_last = channels_last
+        self.autocast = autocast
 
     def features(self):
         torch = self.torch
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
             x = (self.images.float() / 255.0 - self.mean) / self.std
             x = x.contiguous(memory_format=self.memory)
             stem = self.trunk.stem
@@ -176,7 +179,7 @@ class TorchStep:
                     taps[self.stage_ends[i]] = y
             out = {name: self.pools[name](t).flatten(1) for name, t in taps.items()}
             out["pool5"] = taps["res5"].mean(dim=(2, 3))
-        return out
+        return {name: f.float() for name, f in out.items()}  # float32 heads, as the JAX side
 
     def __call__(self) -> None:
         torch = self.torch
@@ -211,6 +214,13 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="trunk activations (auto: bfloat16 on GPU/TPU, float32 on CPU); PyTorch runs the "
+        "trunk under bfloat16 autocast on CUDA when this resolves to bfloat16",
+    )
     parser.add_argument("--no_torch", action="store_true")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/linear.json"))
     args = parser.parse_args(argv)
@@ -226,11 +236,14 @@ def main(argv=None) -> int:
         import torch
 
         torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = str(jnp.dtype(tasks.compute_dtype(args.dtype)))
+    autocast = torch_device == "cuda" and dtype == "bfloat16"
+    print(f"trunk dtype: JAX {dtype}, PyTorch {'bfloat16 autocast' if autocast else 'float32'}")
     info = machine_info()
     rows = []
     for batch in batches:
         print(f"\n== linear eval step, ResNet-50 x{args.width}, batch {batch} ==", flush=True)
-        jstep = JaxStep(batch, args.size, args.classes, args.width)
+        jstep = JaxStep(batch, args.size, args.classes, args.width, args.dtype)
         jstep()  # warm-up
         print(
             f"  jax: compiled in {jstep.compile_s:.1f} s, heads {dict(jstep.dims)}, "
@@ -244,7 +257,7 @@ def main(argv=None) -> int:
             for channels_last in (True, False):
                 candidates[channels_last] = TorchStep(
                     batch, args.size, args.classes, args.width, jstep.dims, torch_device,
-                    channels_last,
+                    channels_last, autocast,
                 )  # fmt: skip
                 candidates[channels_last]()  # warm-up
                 fmt[channels_last] = timed_step(candidates[channels_last])["s"]
@@ -260,22 +273,23 @@ def main(argv=None) -> int:
             jax_times.append(timed_step(jstep))
             if tstep is not None:
                 torch_times.append(timed_step(tstep))
-        common = {"batch": batch, "size": args.size, "classes": args.classes, "width": args.width}
+        common = {"batch": batch, "size": args.size, "classes": args.classes, "width": args.width,
+                  "dtype": dtype}  # fmt: skip
         rows.append(dict(common, framework="jax", compile_s=jstep.compile_s,
                          gflop_per_step=(jstep.flops or 0) / 1e9 or None,
                          **_summary(jax_times, batch)))  # fmt: skip
         if tstep is not None:
             memory = "channels_last" if tstep.channels_last else "contiguous"
-            rows.append(dict(common, framework="torch", memory_format=memory,
+            rows.append(dict(common, framework="torch", memory_format=memory, autocast=autocast,
                              **_summary(torch_times, batch)))  # fmt: skip
         del jstep, tstep
-    print("\n| framework | batch | best ms/step | median ms | images/s | others (cores) |")
-    print("|---|---|---|---|---|---|")
+    print("\n| framework | batch | dtype | best ms/step | median ms | images/s | others (cores) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         others = "" if r["other_cores"] is None else f"{r['other_cores']:.2f}"
         print(
-            f"| {r['framework']} | {r['batch']} | {r['best_ms']:.0f} | {r['median_ms']:.0f} | "
-            f"{r['images_per_s']:.1f} | {others} |"
+            f"| {r['framework']} | {r['batch']} | {r['dtype']} | {r['best_ms']:.0f} | "
+            f"{r['median_ms']:.0f} | {r['images_per_s']:.1f} | {others} |"
         )
     info["loadavg_end"] = os.getloadavg()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
