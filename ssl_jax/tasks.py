@@ -26,6 +26,7 @@ from ssl_jax import config_lib
 TASKS = {
     "jigsaw": "ssl_jax.jigsaw.task",
     "colorization": "ssl_jax.colorization.task",
+    "supervised": "ssl_jax.supervised.task",
 }
 
 
@@ -62,6 +63,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_lib.validate(config, extra=getattr(module, "SCHEMA", None))
     if hasattr(module, "check_config"):
         module.check_config(config)
+
+
+def check_source(config: ml_collections.ConfigDict, source: Any) -> None:
+    """The task's checks of the opened data source (e.g. labels present), if it has any."""
+    module = task_module(config.task)
+    if hasattr(module, "check_source"):
+        module.check_source(config, source)
 
 
 def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Pretext:

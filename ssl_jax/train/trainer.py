@@ -138,6 +138,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     # Data: only its size is needed before the iterator is opened at the resume position.
     source = data_lib.make_source(config.data)
+    tasks.check_source(config, source)
     # Which images (config.data.data_size's subset): recorded once, checked on every restart.
     data_lib.record_subset(workdir, source, write=jax.process_index() == 0)
     plan = optim_lib.make_plan(config.optim, source.num_examples)
@@ -226,8 +227,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     f"{kept}; fix the data (config.data) and rerun to resume."
                 ) from e
             position = np.asarray([local["epoch"][-1], local["index"][-1]], np.int64)
-            batch = {
-                "image": jax.make_array_from_process_local_data(batch_sharding, local["image"])
+            batch = {  # labels travel too (-1 where unlabelled); only the supervised task reads them
+                key: jax.make_array_from_process_local_data(batch_sharding, local[key])
+                for key in ("image", "label")
             }
             state, step_metrics = train_step(state, batch)
             pending.append(step_metrics)

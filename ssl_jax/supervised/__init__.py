@@ -1,0 +1,1 @@
+"""Supervised classification on the same trunks: the paper's supervised baseline."""

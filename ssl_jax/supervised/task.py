@@ -1,0 +1,97 @@
+"""Supervised pretraining: the trunk + one linear classifier on its pooled feature, trained on
+the source's labels with softmax cross-entropy. The baseline that the paper sets beside every
+self-supervised trunk ("ImageNet supervised"); at small scale, the same trunk trained on the
+same labelled images that the pretext tasks see without labels.
+
+The input is the augmented crop (config.input: resize the short side, random crop, flip) with
+the pretraining mean/std, the input convention the transfer benchmarks use for RGB trunks.
+Images whose label is missing (-1) or outside [0, num_classes) are left out of the loss and
+counted in the ``unlabelled`` metric; a source without labels is refused before training
+(``check_source``).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ssl_jax import config_lib
+from ssl_jax.models import make_trunk
+from ssl_jax.tasks import Pretext, compute_dtype
+
+SCHEMA = {
+    "supervised.num_classes": config_lib.in_range(2, 1_000_000, integer=True),
+}
+
+
+class SupervisedNet(nn.Module):
+    """Trunk + linear classifier (N(0, 0.01) init, zero bias) on the pooled feature."""
+
+    trunk: nn.Module
+    num_classes: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool):
+        pooled, taps = self.trunk(images, train=train)
+        logits = nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.normal(0.01),
+            name="classifier",
+        )(pooled)
+        return logits.astype(jnp.float32), taps
+
+
+def check_source(config: ml_collections.ConfigDict, source) -> None:
+    """Refuses a source without labels, or one whose classes disagree with num_classes."""
+    names = getattr(source, "class_names", None)
+    has_label = getattr(source, "has_label", names is not None)
+    if not has_label or (names is None and config.data.source != "tfds"):
+        raise config_lib.ConfigError(
+            f"config.task='supervised' needs labelled images, but config.data (source="
+            f"{config.data.source!r}, path={config.data.get('path', '')!r}) has none: use an image "
+            "folder with one subfolder per class, or a TFDS dataset with a 'label' feature."
+        )
+    if names is not None and len(names) != config.supervised.num_classes:
+        raise config_lib.ConfigError(
+            f"config.supervised.num_classes={config.supervised.num_classes}, but the data has "
+            f"{len(names)} classes ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); "
+            f"set --config.supervised.num_classes={len(names)}."
+        )
+
+
+def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Pretext:
+    del workdir  # nothing derived from the data, no pictures
+    dtype = compute_dtype(config.model.dtype)
+    model = SupervisedNet(
+        trunk=make_trunk(config.model, dtype),
+        num_classes=config.supervised.num_classes,
+        dtype=dtype,
+    )
+    mean = jnp.asarray(tuple(config.input.mean), jnp.float32)
+    std = jnp.asarray(tuple(config.input.std), jnp.float32)
+
+    def prepare(rng, batch):
+        del rng  # the augmentation happened on the host
+        images = (batch["image"].astype(jnp.float32) / 255.0 - mean) / std
+        return images, batch["label"]
+
+    crop = config.input.crop
+    example = jnp.zeros((2, crop, crop, 3), jnp.float32)
+    return Pretext(model=model, example_inputs=example, prepare=prepare, loss=loss)
+
+
+def loss(logits: jax.Array, labels: jax.Array):
+    """Softmax cross-entropy and top-1 over the labelled images of the batch."""
+    num_classes = logits.shape[-1]
+    valid = (labels >= 0) & (labels < num_classes)
+    safe = jnp.where(valid, labels, 0)
+    logp = jax.nn.log_softmax(logits)
+    nll = -jnp.take_along_axis(logp, safe[:, None], axis=-1)[:, 0]
+    count = jnp.maximum(valid.sum(), 1)
+    ce = jnp.sum(jnp.where(valid, nll, 0.0)) / count
+    top1 = jnp.sum(valid & (jnp.argmax(logits, axis=-1) == safe)) / count
+    return ce, {"loss": ce, "top1": top1, "unlabelled": 1.0 - valid.mean()}
