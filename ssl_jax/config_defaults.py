@@ -331,3 +331,13 @@ def linear_evaluation() -> ml_collections.ConfigDict:
     c.train.progress_bar = True
     c.train.multihost = False  # call jax.distributed.initialize() (also: env SSL_JAX_MULTIHOST=1)
     return c
+
+
+def small_scale(c: ml_collections.ConfigDict) -> None:
+    """What the small-scale recipes (configs/cifar/*) share: no demo-photo probe, logs for files."""
+    c.evals.probe.every_steps = 0
+    c.train.progress_bar = False
+    c.train.log_every = 40
+    c.train.checkpoint_every = 520
+    c.optim.epochs = 10.0
+    c.optim.decay_epochs = (8.0,)

@@ -170,3 +170,29 @@ def test_parse_arg_types():
     a = config_lib.parse_arg("runlocal,k=40,name=x", runlocal=False, k=10, name="", lr=0.1)
     assert a.runlocal is True and a.k == 40 and a.name == "x" and a.lr == 0.1
     assert isinstance(config_lib.parse_arg(None, x=1), ml_collections.ConfigDict)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "configs/cifar/jigsaw.py",
+        "configs/cifar/jigsaw.py:model=alexnet,perms=10",
+        "configs/cifar/colorize.py:k=2",
+        "configs/cifar/colorize.py:model=alexnet",
+        "configs/cifar/supervised.py",
+        "configs/cifar/supervised.py:model=alexnet",
+    ],
+)
+def test_small_scale_recipes(spec):
+    """RESULTS.md's recipes: valid, 10 epochs on the CIFAR-10 folder, no demo-photo probe."""
+    c = config_lib.load_config(os.path.join(ROOT, spec))
+    tasks.validate(c)
+    assert c.data.source == "folder" and c.data.path.endswith(os.path.join("cifar10", "train"))
+    assert c.optim.epochs == 10 and c.optim.batch_size == 32 and c.evals.probe.every_steps == 0
+
+
+def test_small_scale_svm_config():
+    c = config_lib.load_config(os.path.join(ROOT, "configs/cifar/svm.py:train_images=0"))
+    assert c.evaluation == "voc07_svm" and c.data.train.max_examples == 0
+    assert (c.features.size, c.features.pooling, c.svm.solver) == (64, "adaptive", "sklearn")
+    assert c.data.test.path.endswith(os.path.join("cifar10", "test"))

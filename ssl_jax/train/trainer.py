@@ -227,7 +227,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     f"{kept}; fix the data (config.data) and rerun to resume."
                 ) from e
             position = np.asarray([local["epoch"][-1], local["index"][-1]], np.int64)
-            batch = {  # labels travel too (-1 where unlabelled); only the supervised task reads them
+            # Labels travel too (-1 where unlabelled); only the supervised task reads them.
+            batch = {
                 key: jax.make_array_from_process_local_data(batch_sharding, local[key])
                 for key in ("image", "label")
             }
