@@ -99,6 +99,28 @@ def test_cifar_small_budget(cifar):
         assert sweep.final_step(run.pretrain) == config.steps
 
 
+def test_cifar_axes_grid(tmp_path):
+    """RESULTS.md's axes sweep: 24 runs, each 3120 updates of the small-scale recipe."""
+    config = sweep.load_sweep(f"configs/sweeps/cifar_axes.py:sweep_dir={tmp_path},seed=3")
+    runs = sweep.expand(config)
+    assert len(runs) == 24
+    by_name = {r.name: r for r in runs}
+    run = by_name["colorization_alexnet_n2500_K10"]
+    resolved = sweep.check_overrides(run.pretrain.spec, None, run.pretrain.overrides, "test")
+    assert (resolved.task, resolved.model.name, resolved.seed) == ("colorization", "alexnet", 3)
+    assert resolved.data.data_size == 2500 and resolved.colorization.k == 10
+    plan = optim_lib.make_plan(resolved.optim, run.data_size)
+    assert plan.total_steps == 3120 == resolved.train.stop_after_steps
+    run = by_name["jigsaw_r18_n10000_P1000"]
+    resolved = sweep.check_overrides(run.pretrain.spec, None, run.pretrain.overrides, "test")
+    assert (resolved.model.depth, resolved.model.width, resolved.jigsaw.num_perms) == (
+        18,
+        0.125,
+        1000,
+    )
+    assert "configs/cifar/svm.py" in run.benchmarks[0].spec
+
+
 def test_config_errors(cifar):
     config, _ = cifar
     bad = sweep.load_sweep(CIFAR, [("grid", "diagonal")])
