@@ -54,6 +54,8 @@ import ml_collections
 from ssl_jax import config_lib, tasks
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# CIFAR-10 as class folders (train/, test/) beside the repository: the small-scale configs' default.
+CIFAR10 = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "cifar10")
 GRIDS = ("product", "axes")
 
 

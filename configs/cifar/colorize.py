@@ -19,9 +19,9 @@ Arguments (after a colon, comma-separated):
 import os
 
 from ssl_jax import config_defaults, config_lib
-from ssl_jax.sweep import REPO_ROOT
+from ssl_jax.sweep import CIFAR10, REPO_ROOT
 
-CIFAR10_TRAIN = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "cifar10", "train")
+CIFAR10_TRAIN = os.path.join(CIFAR10, "train")
 
 
 def get_config(arg=None):

@@ -23,9 +23,7 @@ Arguments (after a colon, comma-separated):
 import os
 
 from ssl_jax import config_defaults, config_lib
-from ssl_jax.sweep import REPO_ROOT
-
-CIFAR10 = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "cifar10")
+from ssl_jax.sweep import CIFAR10
 
 
 def get_config(arg=None):

@@ -27,9 +27,7 @@ import os
 import ml_collections
 
 from ssl_jax import config_lib
-from ssl_jax.sweep import REPO_ROOT, benchmark, results_config
-
-CIFAR10 = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "cifar10")
+from ssl_jax.sweep import CIFAR10, benchmark, results_config
 
 
 def get_config(arg=None):
