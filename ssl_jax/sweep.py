@@ -120,11 +120,20 @@ def _step_json(step: Step, python: str) -> dict[str, Any]:
 # Pieces of sweep configs (configs/sweeps/*.py)
 
 
-def benchmark(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """config.benchmarks.NAME: an evaluation config spec and its "key=value" overrides."""
+def benchmark(
+    spec: str,
+    overrides: Sequence[str] = (),
+    model_overrides: dict[str, Sequence[str]] | None = None,
+) -> ml_collections.ConfigDict:
+    """config.benchmarks.NAME: an evaluation config spec, its "key=value" overrides, and more
+    overrides for the runs of some models only (model_overrides: model -> overrides, e.g. a
+    larger input for AlexNet)."""
     b = ml_collections.ConfigDict()
     b.config = spec
     b.overrides = tuple(overrides)
+    b.model_overrides = ml_collections.ConfigDict(
+        {model: tuple(items) for model, items in (model_overrides or {}).items()}
+    )
     return b
 
 
@@ -216,11 +225,24 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
     common = parse_overrides(sweep.overrides, "config.overrides")
     benchmarks = []
     for name, bench in sweep.benchmarks.items():
+        per_model = bench.get("model_overrides") or {}
+        unknown = sorted(set(per_model) - set(sweep.models))
+        if unknown:
+            raise config_lib.ConfigError(
+                f"config.benchmarks.{name}.model_overrides names {unknown}, which are not in "
+                f"config.models {list(sweep.models)}."
+            )
         benchmarks.append(
             (
                 name,
                 resolve_spec(bench.config),
                 parse_overrides(bench.overrides, f"config.benchmarks.{name}.overrides"),
+                {
+                    model: parse_overrides(
+                        items, f"config.benchmarks.{name}.model_overrides.{model}"
+                    )
+                    for model, items in per_model.items()
+                },
             )
         )
     base_configs: dict[str, ml_collections.ConfigDict] = {}
@@ -255,15 +277,17 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
             Step(
                 f"eval_{bench}",
                 bench_spec,
-                (("pretrained", pretrain_dir), *bench_overrides),
+                (("pretrained", pretrain_dir), *bench_overrides, *per_model.get(model, ())),
                 os.path.join(directory, f"eval_{bench}"),
                 os.path.join(directory, "logs", f"eval_{bench}.log"),
             )  # fmt: skip
-            for bench, bench_spec, bench_overrides in benchmarks
+            for bench, bench_spec, bench_overrides, per_model in benchmarks
         )
         runs.append(Run(name, task, model, size, axis, int(value), directory, pretrain, evals))
-    for name, spec, overrides in benchmarks:
+    for name, spec, overrides, per_model in benchmarks:
         check_overrides(spec, None, overrides, f"benchmark {name}")
+        for model, extra in per_model.items():
+            check_overrides(spec, None, overrides + extra, f"benchmark {name} ({model})")
     return runs
 
 

@@ -191,6 +191,19 @@ def test_small_scale_recipes(spec):
     assert c.optim.epochs == 10 and c.optim.batch_size == 32 and c.evals.probe.every_steps == 0
 
 
+def test_alexnet_input_too_small_is_refused():
+    """The AlexNet recipes pass; tiles or crops below the trunk's smallest input are refused."""
+    jig = config_lib.load_config(os.path.join(ROOT, "configs/cifar/jigsaw.py:model=alexnet"))
+    assert (jig.jigsaw.tile, jig.model.width) == (40, 0.125)
+    jig.jigsaw.tile, jig.jigsaw.cell, jig.input.crop = 32, 37, 111
+    with pytest.raises(config_lib.ConfigError, match=r"jigsaw.tile=32 .* at least 39 pixels"):
+        tasks.validate(jig)
+    col = config_lib.load_config(os.path.join(ROOT, "configs/cifar/colorize.py:model=alexnet"))
+    col.input.resize_short, col.input.crop = 72, 64
+    with pytest.raises(config_lib.ConfigError, match=r"input.crop=64 .* at least 67 pixels"):
+        tasks.validate(col)
+
+
 def test_small_scale_svm_config():
     c = config_lib.load_config(os.path.join(ROOT, "configs/cifar/svm.py:train_images=0"))
     assert c.evaluation == "voc07_svm" and c.data.train.max_examples == 0

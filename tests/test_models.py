@@ -545,7 +545,7 @@ def test_alexnet_jigsaw_tile_and_layers():
 
 @pytest.mark.parametrize("variant", ["jigsaw", "colorization"])
 def test_alexnet_forward_small_width(variant):
-    x = jnp.asarray(np.random.default_rng(7).normal(size=(4, 64, 64, 1)), jnp.bfloat16)
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(4, 72, 72, 1)), jnp.bfloat16)
     model = AlexNet(variant=variant, width=0.1, bn_group_size=2, dtype=jnp.bfloat16)
     variables = _variables(model, x, seed=8)
     step = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
@@ -554,10 +554,25 @@ def test_alexnet_forward_small_width(variant):
     assert [t.shape[-1] for t in taps.values()] == [10, 26, 38, 38, 26]
     assert {t.dtype for t in taps.values()} == {jnp.dtype(jnp.bfloat16)}
     assert pooled.dtype == jnp.float32
-    assert pooled.shape == (4, model.pooled_features(64))
+    assert pooled.shape == (4, model.pooled_features(72)) and pooled.shape[1] > 0
     assert np.isfinite(np.asarray(pooled)).all()
     assert all(float(t.min()) >= 0 for t in taps.values())  # after ReLU
     assert {leaf.dtype for leaf in jax.tree.leaves(upd)} == {jnp.dtype(jnp.float32)}
+
+
+@pytest.mark.parametrize("variant,smallest", [("jigsaw", 39), ("colorization", 67)])
+def test_alexnet_smallest_input(variant, smallest):
+    """pool5 is 1 x 1 at the smallest input and empty one pixel below it, which is refused."""
+    model = AlexNet(variant=variant, width=0.1)
+    assert model.min_input_size() == smallest
+    x = jnp.zeros((1, smallest, smallest, 3))
+    pooled, _ = model.apply(_variables(model, x, seed=0), x, train=False)
+    assert pooled.shape == (1, model.pooled_features(smallest)) == (1, 26)
+    assert model.pooled_features(smallest - 1) == 0
+    x = jnp.zeros((1, smallest - 1, smallest + 20, 3))
+    message = rf"{smallest - 1}x{smallest + 20} input.*{smallest} pixels"
+    with pytest.raises(ValueError, match=message):
+        model.init(jax.random.PRNGKey(0), x, train=False)
 
 
 def test_alexnet_bad_variant():

@@ -119,6 +119,23 @@ def test_cifar_axes_grid(tmp_path):
         1000,
     )
     assert "configs/cifar/svm.py" in run.benchmarks[0].spec
+    # Only AlexNet's runs read features at 112 pixels (its Colorization trunk needs >= 67).
+    assert ("features.size", "112") not in run.benchmarks[0].overrides
+    alexnet = by_name["colorization_alexnet_n2500_K10"].benchmarks[0]
+    assert alexnet.overrides[-1] == ("features.size", "112")
+    resolved = sweep.check_overrides(alexnet.spec, None, alexnet.overrides[1:], "test")
+    assert resolved.features.size == 112
+
+
+def test_benchmark_model_overrides_checked(tmp_path):
+    config = sweep.load_sweep(f"configs/sweeps/cifar_axes.py:sweep_dir={tmp_path}")
+    spec = config.benchmarks.voc07_svm.config
+    config.benchmarks.voc07_svm = sweep.benchmark(spec, model_overrides={"vgg": ("svm.c=1",)})
+    with pytest.raises(config_lib.ConfigError, match=r"\['vgg'\].*config.models"):
+        sweep.expand(config)
+    config.benchmarks.voc07_svm = sweep.benchmark(spec, model_overrides={"r18": ("features.s=1",)})
+    with pytest.raises(config_lib.ConfigError, match=r"benchmark voc07_svm \(r18\)"):
+        sweep.expand(config)
 
 
 def test_config_errors(cifar):

@@ -5,15 +5,15 @@ r"""Colorization at small scale: CIFAR-10-sized images on 2 CPU cores (RESULTS.m
 32-pixel images upscaled to 72 on the short side, random 64-pixel crops and flips (the size the
 transfer benchmarks of RESULTS.md read features at); the L channel in, 313 ab bins out at
 16 x 16 (stride 4), K = 10, sigma 5, rebalancing with priors estimated from 2048 training images;
-ResNet-18 at 1/8 width with res5 at stride 1 (or the AlexNet colorization variant,
+ResNet-18 at 1/8 width with res5 at stride 1 (or the AlexNet colorization variant at 1/8 width,
 ``model=alexnet``, on 112-pixel crops). Batch 32 (BN over 16), lr 0.0125, 1 warm-up epoch,
 10 epochs with x0.1 at 8: 3120 steps on the 10,000 training images, about 4 minutes on 2 cores.
 
 Arguments (after a colon, comma-separated):
   data=PATH        image folder (default ../shared/data/cifar10/train beside the repository).
   k=N              soft-encoding neighbours K (problem complexity).
-  model=r18|alexnet, width=W   the trunk (capacity; width 0: the recipe's, 1/8 for the
-                   ResNet, 1/4 for AlexNet).
+  model=r18|alexnet, width=W   the trunk (capacity; width 0: the recipe's, 1/8 for both
+                   trunks).
 """
 
 import os
@@ -37,7 +37,7 @@ def get_config(arg=None):
             os.path.join(REPO_ROOT, "configs", "colorize_alexnet.py")
             + f":runlocal,folder={arg.data},k={arg.k}"
         )
-        c.model.width = arg.width or c.model.width
+        c.model.width = arg.width or 0.125
     else:
         raise config_lib.ConfigError(f"model={arg.model!r}; allowed: r18, alexnet.")
     config_defaults.small_scale(c)

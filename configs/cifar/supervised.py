@@ -5,14 +5,15 @@ with their labels (RESULTS.md).
 
 32-pixel images upscaled to 72 on the short side, random 64-pixel crops and flips (the size the
 transfer benchmarks of RESULTS.md read features at), 10 classes; ResNet-18 at 1/8 width (or
-AlexNet, ``model=alexnet``, on 227-pixel crops). Batch 32 (BN over 16), lr 0.0125, 1 warm-up
+the AlexNet-style trunk at 1/8 width, ``model=alexnet``, on 112-pixel crops of images upscaled to
+128, the size of the AlexNet Colorization recipe). Batch 32 (BN over 16), lr 0.0125, 1 warm-up
 epoch, 10 epochs with x0.1 at 8: 3120 steps on the 10,000 training images.
 
 Arguments (after a colon, comma-separated):
   data=PATH        image folder with one subfolder per class (default
                    ../shared/data/cifar10/train beside the repository).
   classes=N        number of classes (10).
-  model=r18|alexnet, width=W   the trunk (width 0: 1/8 for the ResNet, 1/4 for AlexNet).
+  model=r18|alexnet, width=W   the trunk (width 0: 1/8 for both trunks).
 """
 
 import os
@@ -28,7 +29,7 @@ def get_config(arg=None):
     if arg.model not in ("r18", "alexnet"):
         raise config_lib.ConfigError(f"model={arg.model!r}; allowed: r18, alexnet.")
     resnet = arg.model == "r18"
-    width = arg.width or (0.125 if resnet else 0.25)
+    width = arg.width or 0.125
     c = config_lib.load_config(
         os.path.join(REPO_ROOT, "configs", "supervised_r50.py")
         + f":runlocal,folder={arg.data},classes={arg.classes},depth=18,width={width},"
@@ -37,6 +38,6 @@ def get_config(arg=None):
     if resnet:
         c.input.resize_short, c.input.crop = 72, 64
     else:
-        c.input.resize_short, c.input.crop = 256, 227
+        c.input.resize_short, c.input.crop = 128, 112
     config_defaults.small_scale(c)
     return c

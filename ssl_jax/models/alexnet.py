@@ -68,6 +68,19 @@ def _pool_size(size: int) -> int:
     return (size - 3) // 2 + 1
 
 
+def _pool5_size(image_size: int, variant: str) -> int:
+    size = (image_size - 11) // _CONV1_STRIDE[variant] + 1
+    return max(0, _pool_size(_pool_size(_pool_size(size))))
+
+
+def min_input_size(variant: str) -> int:
+    """The smallest square input whose pool5 is at least 1 x 1 for `variant`."""
+    size = 11
+    while _pool5_size(size, variant) < 1:
+        size += 1
+    return size
+
+
 class AlexNet(nn.Module):
     """AlexNet trunk without the fully connected layers.
 
@@ -105,12 +118,22 @@ class AlexNet(nn.Module):
 
     def pooled_features(self, image_size: int) -> int:
         """Width of `pooled` for a square `image_size` input (1024 for a 64-pixel tile)."""
-        size = (image_size - 11) // _CONV1_STRIDE[self.variant] + 1
-        size = _pool_size(_pool_size(_pool_size(size)))
-        return size * size * _even_channels(256, self.width)
+        return _pool5_size(image_size, self.variant) ** 2 * _even_channels(256, self.width)
+
+    def min_input_size(self) -> int:
+        """The smallest square input leaving pool5 at least 1 x 1 (jigsaw 39, colorization 67)."""
+        return min_input_size(self.variant)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+        height, width_px = x.shape[-3:-1]
+        if _pool5_size(min(height, width_px), self.variant) < 1:
+            raise ValueError(
+                f"AlexNet ({self.variant} variant) got a {height}x{width_px} input: conv1 and the "
+                f"three 3/2 max-pools leave no pixel below {self.min_input_size()} pixels. Use a "
+                "larger input: config.jigsaw.tile or config.input.crop when pretraining, "
+                "config.features.size in a benchmark."
+            )
         taps = {}
         x = x.astype(self.dtype)
         for name, features, kernel, stride, pad, groups in _CONVS:
