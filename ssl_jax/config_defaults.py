@@ -131,7 +131,8 @@ def runlocal_puzzle(c: ml_collections.ConfigDict, half_size: bool = True) -> Non
     """A short schedule, and optionally a half-size 3x3 puzzle, for CPU demos and tests.
 
     The half-size puzzle (111-pixel crop, 37-pixel cells, 32-pixel tiles) suits ResNets; AlexNet's
-    stride-2 11x11 conv1 and three pools need the paper's 64-pixel tiles.
+    stride-2 11x11 conv1 and three pools need tiles of at least 39 pixels, and its demo keeps the
+    paper's 64-pixel tiles.
     """
     if half_size:
         c.input.resize_short = 128

@@ -29,7 +29,9 @@ Modes:
   --emit=commands      print one shell line per unfinished run (pretraining && benchmarks).
   --emit=slurm         print a bash script of ``sbatch`` calls: one job per pretraining, one per
                        benchmark with ``--dependency=afterok:$PRETRAIN_JOB`` (config.slurm.*).
-  --only=SUBSTR        only the runs whose name contains SUBSTR (repeatable).
+  --only=SUBSTR        only the run named SUBSTR if there is one, else the runs whose name
+                       contains SUBSTR (repeatable; "--only=jigsaw_r18_n10000_P10" is that run
+                       alone, not also P100 and P1000).
   --results_only       only collect the table and figures (same as python -m ssl_jax.sweep_results).
 
 Exit code: 0 when every selected run finished, 1 when a step failed, 2 for a config error.
@@ -554,7 +556,14 @@ def load_sweep(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_colle
 
 
 def select(runs: Sequence[Run], only: Sequence[str]) -> list[Run]:
-    return [r for r in runs if not only or any(s in r.name for s in only)]
+    """The runs `only` names: a run's exact name selects that run, anything else every run
+    whose name contains it."""
+    names = {r.name for r in runs}
+
+    def selected(run: Run) -> bool:
+        return any(run.name == s if s in names else s in run.name for s in only)
+
+    return [r for r in runs if not only or selected(r)]
 
 
 def status_table(runs: Sequence[Run], final=final_step) -> str:

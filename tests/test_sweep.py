@@ -127,6 +127,23 @@ def test_cifar_axes_grid(tmp_path):
     assert resolved.features.size == 112
 
 
+def test_select_exact_name_or_substring(tmp_path):
+    runs = sweep.expand(sweep.load_sweep(f"configs/sweeps/cifar_axes.py:sweep_dir={tmp_path}"))
+    names = lambda only: [r.name for r in sweep.select(runs, only)]  # noqa: E731
+    assert names(["jigsaw_r18_n10000_P10"]) == ["jigsaw_r18_n10000_P10"]
+    assert names(["jigsaw_r18_n10000_P1"]) == [
+        "jigsaw_r18_n10000_P100",
+        "jigsaw_r18_n10000_P10",
+        "jigsaw_r18_n10000_P1000",
+    ]
+    assert len(names(["_r18_"])) == 12 and len(names([])) == 24
+    assert names(["jigsaw_r18_n1000_P100", "K40"]) == [
+        "jigsaw_r18_n1000_P100",
+        "colorization_alexnet_n10000_K40",
+        "colorization_r18_n10000_K40",
+    ]
+
+
 def test_benchmark_model_overrides_checked(tmp_path):
     config = sweep.load_sweep(f"configs/sweeps/cifar_axes.py:sweep_dir={tmp_path}")
     spec = config.benchmarks.voc07_svm.config
