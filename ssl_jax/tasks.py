@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssl_jax import config_lib
+from ssl_jax.models import alexnet
 
 TASKS = {
     "jigsaw": "ssl_jax.jigsaw.task",
@@ -63,6 +64,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_lib.validate(config, extra=getattr(module, "SCHEMA", None))
     if hasattr(module, "check_config"):
         module.check_config(config)
+    check_trunk_input(config, module)
+
+
+def check_trunk_input(config: ml_collections.ConfigDict, module) -> None:
+    """Refuses an input smaller than the trunk takes (AlexNet's strided conv1 and three max-pools
+    leave nothing below 39 or 67 pixels). The input is config.input.crop unless the task module
+    names another (`trunk_input(config) -> (field, size)`, e.g. Jigsaw's tiles)."""
+    if config.model.name != "alexnet":
+        return
+    field, size = (
+        module.trunk_input(config)
+        if hasattr(module, "trunk_input")
+        else ("config.input.crop", config.input.crop)
+    )
+    variant = config.model.get("alexnet_variant", "jigsaw")
+    smallest = alexnet.min_input_size(variant)
+    if size < smallest:
+        raise config_lib.ConfigError(
+            f"{field}={size} is too small for the AlexNet trunk ({variant} variant): its conv1 "
+            f"and three max-pools need at least {smallest} pixels. Raise {field}."
+        )
 
 
 def check_source(config: ml_collections.ConfigDict, source: Any) -> None:

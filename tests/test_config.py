@@ -202,6 +202,10 @@ def test_alexnet_input_too_small_is_refused():
     col.input.resize_short, col.input.crop = 72, 64
     with pytest.raises(config_lib.ConfigError, match=r"input.crop=64 .* at least 67 pixels"):
         tasks.validate(col)
+    sup = config_lib.load_config(os.path.join(ROOT, "configs/cifar/supervised.py:model=alexnet"))
+    sup.input.resize_short, sup.input.crop = 36, 32
+    with pytest.raises(config_lib.ConfigError, match=r"input.crop=32 .* at least 39 pixels"):
+        tasks.validate(sup)
 
 
 def test_small_scale_svm_config():

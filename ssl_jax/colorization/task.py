@@ -30,7 +30,7 @@ from ssl_jax import config_lib, fileio
 from ssl_jax.colorization import encode, predict
 from ssl_jax.colorization.bins import NUM_BINS
 from ssl_jax.colorization.lab import quantize_8bit, rgb_to_lab
-from ssl_jax.models import alexnet, make_trunk
+from ssl_jax.models import make_trunk
 from ssl_jax.tasks import Pretext, compute_dtype
 
 PRIORS_FILE = "colorization_priors.npy"
@@ -63,12 +63,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise config_lib.ConfigError(
             f"config.model.alexnet_variant={config.model.alexnet_variant!r}: Colorization trains "
             "the 'colorization' AlexNet (conv1 stride 4, BN after every conv)."
-        )
-    smallest = alexnet.min_input_size("colorization")
-    if config.model.name == "alexnet" and config.input.crop < smallest:
-        raise config_lib.ConfigError(
-            f"config.input.crop={config.input.crop} is too small for the AlexNet trunk: its "
-            f"conv1 and three max-pools need at least {smallest} pixels. Raise config.input.crop."
         )
     if col.priors_file and not fileio.isfile(col.priors_file):
         raise config_lib.ConfigError(

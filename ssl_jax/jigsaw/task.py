@@ -20,7 +20,7 @@ import optax
 from ssl_jax import config_lib
 from ssl_jax.jigsaw import permutations as perms_lib
 from ssl_jax.jigsaw import tiles as tiles_lib
-from ssl_jax.models import GroupedBatchNorm, alexnet, make_trunk
+from ssl_jax.models import GroupedBatchNorm, make_trunk
 from ssl_jax.tasks import Pretext, compute_dtype
 
 SCHEMA = {
@@ -46,14 +46,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"The puzzle grid config.jigsaw.grid x config.jigsaw.cell = {jig.grid}x{jig.cell} = "
             f"{jig.grid * jig.cell} does not fit in config.input.crop={config.input.crop}."
         )
-    if config.model.name == "alexnet":
-        smallest = alexnet.min_input_size(config.model.get("alexnet_variant", "jigsaw"))
-        if jig.tile < smallest:
-            raise config_lib.ConfigError(
-                f"config.jigsaw.tile={jig.tile} is too small for the AlexNet trunk: its conv1 "
-                f"and three max-pools need tiles of at least {smallest} pixels. Raise "
-                "config.jigsaw.tile (and config.jigsaw.cell, config.input.crop with it)."
-            )
+
+
+def trunk_input(config: ml_collections.ConfigDict) -> tuple[str, int]:
+    """The trunk sees tiles, not the crop (tasks.validate checks the size against the trunk)."""
+    return "config.jigsaw.tile", config.jigsaw.tile
 
 
 class JigsawNet(nn.Module):
