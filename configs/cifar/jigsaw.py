@@ -3,7 +3,7 @@ r"""Jigsaw at small scale: CIFAR-10-sized images on 2 CPU cores (RESULTS.md).
   python -m ssl_jax.main --config=configs/cifar/jigsaw.py --workdir=W
 
 The paper's 3x3 puzzle at a third of its size on 32-pixel images upscaled 4x: short side 128,
-111-pixel crop, 37-pixel cells, 32-pixel tiles (each tile sees about 10 x 10 of the original
+111-pixel crop, 37-pixel cells, 32-pixel tiles (each tile sees about 8 x 8 of the original
 pixels), colour jitter as the paper (66 % of tiles grey); |P| = 100 (max_avg); ResNet-18 at 1/8
 width (or the AlexNet-style trunk at 1/8 width, ``model=alexnet``, on 40-pixel tiles of a
 126-pixel crop, the smallest tile its conv1 and pools take). Batch 32 (BN over 16), lr 0.0125
@@ -40,7 +40,7 @@ def get_config(arg=None):
         c.model.width = arg.width or 0.125
         # The ResNet recipe's geometry with the smallest tile AlexNet takes (conv1 stride 2 and
         # three 3/2 max-pools need at least 39 pixels): 40-pixel tiles in 42-pixel cells of a
-        # 126-pixel crop, so that each tile again sees about 10 x 10 of the original pixels.
+        # 126-pixel crop; each tile sees about 10 x 10 of the original pixels.
         c.input.resize_short, c.input.crop = 128, 126
         c.jigsaw.cell, c.jigsaw.tile = 42, 40
     else:
