@@ -103,3 +103,85 @@ def test_small_crop_error():
     perms = jnp.asarray(np.arange(9)[None])
     with pytest.raises(ValueError, match="config.input.crop"):
         T.make_puzzles(jax.random.PRNGKey(0), jnp.zeros((1, 200, 200, 3), jnp.uint8), perms)
+
+
+def test_shuffle_convention_three_cycle():
+    # A 3-cycle is not its own inverse: slot i must receive tile p[i], not tile p^-1[i].
+    p = np.array([1, 2, 0, 3, 4, 5, 6, 7, 8])
+    q = np.array([0, 1, 2, 3, 4, 5, 7, 8, 6])
+    perms = jnp.asarray(np.stack([p, q]))
+    tiles = jnp.asarray(np.arange(3 * 9 * 2, dtype=np.float32).reshape(3, 9, 2))
+    labels = jnp.asarray([0, 1, 0])
+    shuffled = np.asarray(T.shuffle_tiles(tiles, perms, labels))
+    for b, row in enumerate((p, q, p)):
+        for i in range(9):
+            np.testing.assert_array_equal(shuffled[b, i], np.asarray(tiles)[b, row[i]])
+    np.testing.assert_array_equal(T.unshuffle_tiles(jnp.asarray(shuffled), perms, labels), tiles)
+
+
+@pytest.fixture(scope="module")
+def coordinate_puzzles():
+    """Puzzles cut from images whose red channel holds the row and green the column of each pixel
+    (255 x 255 fits in uint8), made with no grayscale and mean 0 / std 1 so that every tile pixel
+    gives back where it was cut; the set holds two 3-cycle permutations."""
+    yy, xx = np.meshgrid(np.arange(255), np.arange(255), indexing="ij")
+    image = np.stack([yy, xx, np.full_like(yy, 7)], -1).astype(np.uint8)
+    images = jnp.asarray(np.broadcast_to(image, (64, 255, 255, 3)))
+    perms = np.array([[1, 2, 0, 3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 5, 8, 6, 7]])
+    tiles, labels = jax.jit(
+        lambda r, x: T.make_puzzles(
+            r, x, jnp.asarray(perms), gray_prob=0.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
+        )
+    )(jax.random.PRNGKey(5), images)
+    pixels = np.rint(np.asarray(tiles, np.float64) * 255).astype(np.int64)
+    return perms, pixels, np.asarray(labels)
+
+
+def test_puzzle_slots_and_offsets_from_coordinates(coordinate_puzzles):
+    perms, pixels, labels = coordinate_puzzles
+    assert pixels.shape == (64, 9, 64, 64, 3)
+    assert set(labels.tolist()) == {0, 1}  # both permutations drawn
+    rows = np.broadcast_to(np.arange(64)[:, None], (64, 64))
+    offsets = []
+    for b in range(pixels.shape[0]):
+        for slot in range(9):
+            tile = pixels[b, slot]
+            y0, x0 = int(tile[0, 0, 0]), int(tile[0, 0, 1])
+            # Every tile is one contiguous 64 x 64 window of the image.
+            np.testing.assert_array_equal(tile[..., 0], y0 + rows)
+            np.testing.assert_array_equal(tile[..., 1], x0 + rows.T)
+            np.testing.assert_array_equal(tile[..., 2], 7)
+            # Slot i holds the tile of cell p[i] (row-major), at an offset inside that cell.
+            r, c = divmod(int(perms[labels[b], slot]), 3)
+            assert (y0 // 85, x0 // 85) == (r, c), f"puzzle {b}, slot {slot}"
+            offsets += [y0 - 85 * r, x0 - 85 * c]
+    offsets = np.asarray(offsets)
+    # Offsets in [0, 21) for 64-pixel tiles in 85-pixel cells: 0 and 20 both occur (64 x 9 x 2
+    # draws; each value is missing with probability (20/21)^1152 < 1e-24), 21 never does.
+    assert offsets.min() == 0 and offsets.max() == 20
+    assert set(offsets.tolist()) == set(range(21))
+
+
+def test_grayscale_is_itu_601_luma_per_pixel():
+    """gray_prob=1: every tile pixel is 0.299 R + 0.587 G + 0.114 B of its image pixel, in all
+    three channels, then normalised with the ImageNet mean and std (literals here)."""
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (4, 24, 24, 3), dtype=np.uint8)
+    # Colourful: channels far apart, so mean, red-channel and luma greys all differ.
+    images[..., 0] = rng.integers(200, 256, (4, 24, 24))
+    images[..., 2] = rng.integers(0, 40, (4, 24, 24))
+    perms = jnp.asarray(np.arange(9)[None])
+    # cell == tile: every offset is 0 and the tiles cover the image exactly.
+    tiles, _ = T.make_puzzles(
+        jax.random.PRNGKey(6), jnp.asarray(images), perms, gray_prob=1.0, cell=8, tile=8
+    )
+    rgb = images.astype(np.float64) / 255
+    luma = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    mean = np.array([0.485, 0.456, 0.406])
+    std = np.array([0.229, 0.224, 0.225])
+    got = np.asarray(tiles, np.float64)
+    for k in range(9):
+        r, c = divmod(k, 3)
+        cell = luma[:, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8]
+        expected = (cell[..., None] - mean) / std
+        np.testing.assert_allclose(got[:, k], expected, atol=2e-5, err_msg=f"cell {k}")
