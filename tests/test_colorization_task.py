@@ -162,6 +162,73 @@ def test_loss_metrics_against_numpy(prepared):
     np.testing.assert_allclose(metrics["colour_images"], 2 / 3, atol=1e-6)
 
 
+def _built_targets(sigma, k, quantize, images):
+    """The targets of the task as tasks.build makes it (no priors: rebalancing off)."""
+    c = config_lib.load_config(R50 + ":runlocal")
+    config_lib.apply_overrides(
+        c,
+        [
+            ("input.crop", "32"),
+            ("colorization.k", str(k)),
+            ("colorization.sigma", str(sigma)),
+            ("colorization.rebalance", "false"),
+            ("colorization.quantize", str(quantize).lower()),
+        ],
+    )
+    pretext = tasks.build(c)
+    _, targets = jax.jit(pretext.prepare)(jax.random.PRNGKey(0), {"image": jnp.asarray(images)})
+    assert "pixel_weights" not in targets
+    return {name: np.asarray(value) for name, value in targets.items()}
+
+
+@pytest.fixture(scope="module")
+def target_photos():
+    return np.stack([photo(48, 0), photo(48, 3)])
+
+
+@pytest.mark.parametrize("sigma, k, quantize", [(3.0, 4, False), (9.0, 16, False), (3.0, 16, True)])
+def test_built_task_targets_use_config_sigma_and_k(
+    reference_dir, target_photos, sigma, k, quantize
+):
+    """Every target pixel holds its K nearest of Zhang's 313 bins (pts_in_hull.npy), weighted
+    exp(-d^2 / (2 sigma^2)) / sum, with config.colorization's sigma and K, computed here in
+    float64 from ab of the crop: scikit-image Lab averaged over 4 x 4 blocks (unquantised), or
+    the task's own 8-bit ab grid (quantised)."""
+    bins = np.load(os.path.join(reference_dir, "pts_in_hull.npy")).astype(np.float64)
+    images = target_photos
+    targets = _built_targets(sigma, k, quantize, images)
+    indices, weights = targets["indices"], targets["weights"].astype(np.float64)
+    assert indices.shape == (2, 12, 12, k) and weights.shape == (2, 12, 12, k)
+    if quantize:
+        _, ab, _ = col_task.lab_targets(jnp.asarray(images), 4, quantize=True)
+        ab = np.asarray(ab, np.float64)
+        # ... and then exactly soft_encode at the config's sigma and K.
+        ref_indices, ref_weights = soft_encode(jnp.asarray(ab, jnp.float32), k=k, sigma=sigma)
+        np.testing.assert_array_equal(indices, ref_indices)
+        np.testing.assert_array_equal(targets["weights"], ref_weights)
+        tol = 1e-5
+    else:
+        skcolor = pytest.importorskip("skimage.color")
+        ab = skcolor.rgb2lab(images)[..., 1:].reshape(2, 12, 4, 12, 4, 2).mean(axis=(2, 4))
+        tol = 1e-4  # float32 Lab against float64 skimage
+    d2 = np.square(ab[..., None, :] - bins).sum(-1)  # (2, 12, 12, 313)
+    picked = np.take_along_axis(d2, indices, -1)
+    # The K nearest bins, nearest first (up to ties and float32 rounding).
+    np.testing.assert_allclose(picked, np.sort(d2, -1)[..., :k], rtol=1e-4, atol=0.05)
+    expected = np.exp(-(picked - picked.min(-1, keepdims=True)) / (2 * sigma**2))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(weights, expected, atol=tol)
+
+
+def test_built_task_targets_change_with_sigma(target_photos):
+    narrow = _built_targets(2.0, 10, True, target_photos)
+    wide = _built_targets(9.0, 10, True, target_photos)
+    np.testing.assert_array_equal(narrow["indices"], wide["indices"])
+    # A narrower Gaussian puts more of the weight on the nearest bin.
+    assert (narrow["weights"][..., 0] >= wide["weights"][..., 0] - 1e-6).all()
+    assert np.abs(narrow["weights"] - wide["weights"]).max() > 0.1
+
+
 # ---------------------------------------------------------------------------------------------
 # Networks
 
