@@ -507,6 +507,57 @@ def test_rebalance_weights_gamma_one_is_uniform(zhang_priors):
     np.testing.assert_allclose(rebalance_weights(zhang_priors, gamma=1.0), 1.0, rtol=1e-6)
 
 
+def _zhang_prior_factor(prior_probs, gamma, alpha):
+    """Zhang et al.'s PriorFactor (resources/caffe_traininglayers.py), step by step in float64:
+    uniform over the bins that have a prior, mixed in with weight gamma, raised to -alpha, and
+    divided by the prior-weighted mean so that a pixel's expected weight is 1."""
+    prior_probs = np.asarray(prior_probs, np.float64)
+    uniform = (prior_probs != 0).astype(np.float64)
+    uniform = uniform / uniform.sum()
+    mix = (1.0 - gamma) * prior_probs + gamma * uniform
+    factor = mix**-alpha
+    return factor / np.sum(prior_probs * factor)
+
+
+@pytest.mark.parametrize("gamma,alpha", [(0.5, 1.0), (0.25, 0.5)])
+def test_rebalance_weights_are_zhangs_prior_factor(zhang_priors, gamma, alpha):
+    # Every one of the 313 bins has a prior in Zhang's file, so his uniform is 1/313 everywhere.
+    assert zhang_priors.shape == (313,) and (zhang_priors > 0).all()
+    expected = _zhang_prior_factor(zhang_priors, gamma, alpha)
+    w = rebalance_weights(zhang_priors, gamma, alpha)
+    np.testing.assert_allclose(w, expected, rtol=2e-7)
+
+
+def test_rebalance_weights_hand_case():
+    """Bin 0 has prior 1/2, the other 312 bins 1/624 each; gamma 1/2, alpha 1. By hand:
+    mix_0 = 1/4 + 1/626 = 315/1252, mix_other = 1/1248 + 1/626 = 937/390624;
+    sum(prior / mix) = 626/315 + 195312/937 = 62109842/295155; so
+    w_0 = (1252/315) / that = 1874/99217 and w_other = (390624/937) / that = 196560/99217
+    (check: (1874 + 196560) / 2 / 99217 = 1)."""
+    priors = np.r_[0.5, np.full(312, 0.5 / 312)]
+    w = rebalance_weights(priors, 0.5, 1.0)
+    np.testing.assert_allclose(w[0], 1874 / 99217, rtol=2e-7)
+    np.testing.assert_allclose(w[1:], 196560 / 99217, rtol=2e-7)
+
+
+def test_rebalance_weights_with_empty_bins_mix_uniform_over_all_313(zhang_priors):
+    """Priors estimated without smoothing can leave bins empty. Zhang's file has none (his
+    uniform runs over the bins with a prior, which there means all 313; empty bins would get
+    an infinite factor); here the uniform part is gamma / 313 on every bin, empty ones too
+    (PROTOCOLS.md: g / Q with Q the 313 bins), so empty bins get the largest finite weight."""
+    priors = np.array(zhang_priors, np.float64)
+    priors[np.arange(0, 313, 7)] = 0.0  # 45 empty bins
+    priors /= priors.sum()
+    gamma, alpha = 0.5, 1.0
+    mix = (1.0 - gamma) * priors + gamma * np.full(313, 1.0 / 313)
+    expected = mix**-alpha / np.sum(priors * mix**-alpha)
+    w = rebalance_weights(priors, gamma, alpha)
+    assert np.isfinite(w).all()
+    np.testing.assert_allclose(w, expected, rtol=2e-7)
+    np.testing.assert_allclose(w[priors == 0], w.max(), rtol=1e-6)
+    np.testing.assert_allclose(np.sum(priors * w), 1.0, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "priors",
     [
