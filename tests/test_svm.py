@@ -107,6 +107,85 @@ def test_cv_ap_is_sklearn_average_precision():
     assert svm.cv_ap(s, y) == average_precision_score(y == 1, s)
 
 
+def test_voc07_ap_is_all_points_not_11_point():
+    """Hand-computed cases where the all-points AP (area under the precision envelope at every
+    recall change) and the VOC2007 11-point AP differ."""
+    # Ranks: pos (P 1, R 1/2), neg, neg, pos (P 2/4, R 1). Envelope 1 at R 1/2, 1/2 at R 1.
+    # All points: 1/2 * 1 + 1/2 * 1/2 = 3/4. 11-point: (6 * 1 + 5 * 1/2) / 11 = 17/22.
+    ap = svm.voc07_ap(np.array([4.0, 3.0, 2.0, 1.0]), np.array([1, 0, 0, 1]))
+    assert ap == pytest.approx(3 / 4) and ap != pytest.approx(17 / 22)
+    # Four positives in ten: precisions 1/2, 2/3, 3/5, 4/8 at recalls 1/4 ... 1; envelope
+    # 2/3, 2/3, 3/5, 1/2. All points: (2/3 + 2/3 + 3/5 + 1/2) / 4 = 73/120.
+    # 11-point: (6 * 2/3 + 2 * 3/5 + 3 * 1/2) / 11 = 67/110. Non-interpolated: 17/30.
+    labels = np.array([0, 1, 1, 0, 1, 0, 0, 1, 0, 0])
+    ap = svm.voc07_ap(np.arange(10.0, 0.0, -1.0), labels)
+    assert ap == pytest.approx(73 / 120) and ap != pytest.approx(67 / 110)
+    # Input order does not matter apart from ties.
+    perm = np.random.default_rng(3).permutation(10)
+    assert svm.voc07_ap(np.arange(10.0, 0.0, -1.0)[perm], labels[perm]) == pytest.approx(73 / 120)
+
+
+def test_voc07_ap_difficult_rows_are_removed():
+    # Labels 1, -1, 0, 1, 0, 1 by falling score. Without the difficult row: pos (P 1, R 1/3),
+    # neg, pos (P 2/3, R 2/3), neg, pos (P 3/5, R 1): all points (1 + 2/3 + 3/5) / 3 = 34/45.
+    # 11-point would be (4 * 1 + 3 * 2/3 + 4 * 3/5) / 11 = 42/55; with the difficult row counted
+    # as a negative the AP would be (1 + 2/4 + 3/6) / 3 = 2/3.
+    scores = np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    ap = svm.voc07_ap(scores, np.array([1, -1, 0, 1, 0, 1]))
+    assert ap == pytest.approx(34 / 45)
+    assert ap != pytest.approx(42 / 55) and ap != pytest.approx(2 / 3)
+    # A difficult row anywhere changes nothing; so does its score.
+    assert svm.voc07_ap(np.r_[scores, 9.0], np.array([1, -1, 0, 1, 0, 1, -1])) == ap
+
+
+def test_voc07_ap_ties_keep_input_order():
+    # Scores 5, 3, 3, 1 with the tied pair listed (neg, pos): pos (P 1, R 1/2), neg, pos
+    # (P 2/3, R 1): all points 1/2 + 1/2 * 2/3 = 5/6 (11-point: (6 + 5 * 2/3) / 11 = 28/33).
+    scores = np.array([5.0, 3.0, 3.0, 1.0])
+    ap = svm.voc07_ap(scores, np.array([1, 0, 1, 0]))
+    assert ap == pytest.approx(5 / 6) and ap != pytest.approx(28 / 33)
+    # Listed (pos, neg): the stable sort ranks the positive first, so both positives lead: 1.
+    # (One threshold for the tied pair would give 5/6 here too.)
+    assert svm.voc07_ap(scores, np.array([1, 1, 0, 0])) == 1.0
+
+
+def _ap_from_definition(scores, positive):
+    """Non-interpolated AP: the mean over positives of the precision among the rows scoring at
+    least as high as that positive (tied rows count together, as one threshold)."""
+    scores = np.asarray(scores, np.float64)
+    positive = np.asarray(positive, bool)
+    precisions = [np.sum(positive & (scores >= s)) / np.sum(scores >= s) for s in scores[positive]]
+    return float(np.mean(precisions))
+
+
+def test_cv_ap_hand_cases():
+    # Ranks: neg, pos (P 1/2), pos (P 2/3), neg: (1/2 + 2/3) / 2 = 7/12. The precision envelope
+    # (all-points AP) would give 2/3.
+    assert svm.cv_ap(np.array([4.0, 3.0, 2.0, 1.0]), np.array([-1, 1, 1, -1])) == pytest.approx(
+        7 / 12
+    )
+    # Four positives in ten at ranks 2, 3, 5, 8: (1/2 + 2/3 + 3/5 + 4/8) / 4 = 17/30 (all-points:
+    # 73/120).
+    y = np.array([-1, 1, 1, -1, 1, -1, -1, 1, -1, -1])
+    assert svm.cv_ap(np.arange(10.0, 0.0, -1.0), y) == pytest.approx(17 / 30)
+    # Tied scores form one threshold: the positive tied with a negative has precision 1/3 in
+    # either input order (a stable sort would give 1/2 when the positive is listed first).
+    assert svm.cv_ap(np.array([2.0, 1.0, 1.0]), np.array([-1, 1, -1])) == pytest.approx(1 / 3)
+    assert svm.cv_ap(np.array([2.0, 1.0, 1.0]), np.array([-1, -1, 1])) == pytest.approx(1 / 3)
+
+
+def test_cv_ap_matches_definition():
+    rng = np.random.default_rng(4)
+    for trial in range(20):
+        n = int(rng.integers(5, 120))
+        y = np.where(rng.random(n) < 0.3, 1, -1)
+        y[0] = 1
+        scores = rng.standard_normal(n)
+        if trial % 2:
+            scores = np.round(scores * 2) / 2  # heavy ties
+        assert svm.cv_ap(scores, y) == pytest.approx(_ap_from_definition(scores, y == 1), abs=1e-12)
+
+
 def test_costs_are_the_papers_26():
     assert len(svm.COSTS) == 26 and len(set(svm.COSTS)) == 26
     assert svm.COSTS[:10] == (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
