@@ -162,6 +162,57 @@ def test_head_init_normal_001():
     np.testing.assert_array_equal(params["batch_stats"]["b_bn"]["var"], np.ones(9))
 
 
+def test_test_step_counts_against_argsort():
+    """Top-1 / top-5 counts of the test step on fixed logits (the heads reduced to an identity
+    layer), against numpy's argsort; padded rows ("valid" False) count nowhere."""
+    rng = np.random.default_rng(7)
+    n, classes = 24, 10
+    # Distinct values in every row, so no ties; the label of row i is ranked i % 6 in layer "a"
+    # and (3 * i) % 10 in layer "b" (rank 0 = largest logit).
+    labels = rng.integers(0, classes, n)
+    ranks = np.stack([np.arange(n) % 6, (3 * np.arange(n)) % 10], -1)
+    logits = np.zeros((n, classes, 2), np.float32)
+    for i in range(n):
+        for j in range(2):
+            others = rng.permutation(np.delete(np.arange(classes), labels[i]))
+            ranked = np.insert(others, ranks[i, j], labels[i])  # classes, largest logit first
+            logits[i, ranked, j] = np.linspace(2.5, -1.0, classes)
+    valid = np.ones(n, bool)
+    valid[[4, 10, 20, 21, 22, 23]] = False  # padded rows include top-1 and top-5 hits
+
+    heads = linear.LinearHeads(("a", "b"), classes, False)
+    example = {"a": jnp.zeros((2, classes)), "b": jnp.zeros((2, classes))}
+    variables = heads.init(jax.random.PRNGKey(0), example, train=False)
+    params = {
+        f"{name}_fc": {"kernel": jnp.eye(classes), "bias": jnp.zeros(classes)}
+        for name in ("a", "b")
+    }
+    variables = {"params": params, "batch_stats": variables["batch_stats"]}  # mean 0, var 1
+
+    def feature_fn(trunk, image):
+        del trunk
+        return {"a": image[..., 0], "b": image[..., 1]}
+
+    step = jax.jit(linear.make_test_step(feature_fn, heads, classes))
+    batch = {
+        "image": jnp.asarray(logits),
+        "label": jnp.asarray(labels, jnp.int32),
+        "valid": jnp.asarray(valid),
+    }
+    counts = jax.device_get(step(variables, None, batch))
+
+    expected = {"count": int(valid.sum())}
+    for j, name in enumerate(("a", "b")):
+        ranked = np.argsort(-logits[..., j], axis=1)
+        expected[f"top1/{name}"] = int(np.sum((ranked[:, 0] == labels) & valid))
+        expected[f"top5/{name}"] = int(np.sum((ranked[:, :5] == labels[:, None]).any(1) & valid))
+    assert {k: int(v) for k, v in counts.items()} == expected
+    # By hand: valid rows 0-3, 5-9, 11-19. Layer a, ranks i % 6: rank 0 at rows 0, 6, 12, 18
+    # -> top-1 4; ranks < 5 at rows 0-3, 6-9, 12-16, 18, 19 -> top-5 15. Layer b, ranks 3i % 10:
+    # rank 0 at row 0 -> 1; ranks 3, 1, 4, 3, 2, 1, 4, 0 at rows 1, 7, 8, 11, 14, 17, 18, 0 -> 8.
+    assert expected == {"count": 18, "top1/a": 4, "top5/a": 15, "top1/b": 1, "top5/b": 8}
+
+
 def test_default_recipe_is_the_protocol():
     c = _config("configs/evals/imagenet_linear.py")
     o = c.optim
