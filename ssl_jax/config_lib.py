@@ -331,6 +331,15 @@ def validate(
                 f"config.optim.decay_epochs={config.optim.decay_epochs} has a step after "
                 f"config.optim.epochs={config.optim.epochs}."
             )
+    if "optim.warmup_epochs" in keys and config.optim.decay_epochs:
+        warmup, first_decay = config.optim.warmup_epochs, config.optim.decay_epochs[0]
+        if warmup > 0 and warmup >= first_decay:
+            raise ConfigError(
+                f"config.optim.warmup_epochs={warmup} ends at or after the first decay in "
+                f"config.optim.decay_epochs={config.optim.decay_epochs}: the learning rate would "
+                "climb to its peak and drop at once, never training at the peak. Shorten the "
+                "warm-up (--config.optim.warmup_epochs=0 for none) or move the first decay."
+            )
     if "model.bn_group_size" in keys and config.model.bn_group_size:
         if config.optim.batch_size % config.model.bn_group_size:
             raise ConfigError(

@@ -111,6 +111,19 @@ def test_cross_field_checks():
     config_lib.apply_overrides(c, [("data.source", "folder")])
     with pytest.raises(config_lib.ConfigError, match="config.data.path"):
         tasks.validate(c)
+    # A warm-up that ends at or after the first decay: the peak learning rate is never used.
+    for warmup in ("3.0", "5.0"):
+        c = config_lib.load_config(R50)
+        config_lib.apply_overrides(
+            c, [("optim.decay_epochs", "(3.0, 6.0, 9.0)"), ("optim.epochs", "10.0"),
+                ("optim.warmup_epochs", warmup)]
+        )  # fmt: skip
+        with pytest.raises(config_lib.ConfigError) as e:
+            tasks.validate(c)
+        assert f"config.optim.warmup_epochs={float(warmup)}" in str(e.value)
+        assert "config.optim.decay_epochs=(3.0, 6.0, 9.0)" in str(e.value)
+    config_lib.apply_overrides(c, [("optim.warmup_epochs", "2.9")])
+    tasks.validate(c)
 
 
 def test_main_stops_before_compiling(monkeypatch, tmp_path, capsys):

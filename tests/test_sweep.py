@@ -9,6 +9,7 @@ import stat
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from ssl_jax import config_lib, sweep, sweep_results
@@ -79,6 +80,13 @@ def test_paper_axes_run_overrides(paper_runs):
     config = sweep.check_overrides(jig.pretrain.spec, None, jig.pretrain.overrides, "test")
     assert config.jigsaw.num_perms == 701 and config.data.data_size == 1_000_000
     assert config.model.name == "alexnet" and config.optim.epochs == 10.0
+    # The paper's YFCC schedule: lr 0.1 (batch 256) from the first step, x0.1 at epochs 3, 6, 9.
+    assert config.optim.warmup_epochs == 0.0
+    plan = optim_lib.make_plan(config.optim, 1_000_000)
+    schedule = optim_lib.make_schedule(plan, config.optim.decay_factor)
+    epoch = plan.steps_per_epoch
+    lrs = [float(schedule(s)) for s in (0, 3 * epoch - 1, 3 * epoch, 6 * epoch, 9 * epoch)]
+    np.testing.assert_allclose(lrs, [0.1, 0.1, 0.01, 0.001, 0.0001], rtol=1e-6)
 
 
 def test_cifar_small_budget(cifar):

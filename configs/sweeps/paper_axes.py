@@ -11,8 +11,13 @@ Grid (``grid="axes"``, the paper's one-axis-at-a-time design): every data size i
 2 x (4 + 4) + 2 x (4 + 7) = 38 runs (``:product``: the full cross product, 104 runs). |P| only
 varies for Jigsaw and K only for Colorization, as in the paper. The data sizes are nested subsets
 of one YFCC-100M file list (config.data.data_size: the first N images in hash order). Schedule:
-the base configs' recipe with the paper's YFCC schedule, 10 epochs, x0.1 at 3/6/9 (``steps = 0``:
-epochs fixed, so more data means more updates). Cost: far beyond one machine; emit the commands
+the base configs' recipe with the paper's YFCC schedule, 10 epochs, x0.1 at 3/6/9, and no
+warm-up (``steps = 0``: epochs fixed, so more data means more updates). The paper gives the YFCC
+schedule without a warm-up, and the ImageNet recipe's 5-epoch warm-up would end after the first
+decay at epoch 3 (the learning rate would climb to epoch 5 and then drop straight to 0.01: the
+config check refuses that). At the paper's batch of 256 (lr 0.1) no warm-up is needed; for a much
+larger batch add one that ends well before epoch 3, e.g. ``optim.warmup_epochs=1.0`` in
+config.overrides. Cost: far beyond one machine; emit the commands
 (``--emit=commands``) or a Slurm script (``--emit=slurm``) and run them on a cluster.
 
 Sweep config format (every sweep config; ``get_config(arg)`` returns this ConfigDict):
@@ -98,6 +103,7 @@ def get_config(arg=None):
         f"data.path={arg.yfcc}",
         "optim.epochs=10.0",
         "optim.decay_epochs=(3.0, 6.0, 9.0)",
+        "optim.warmup_epochs=0.0",
     )
 
     voc = f"vocdevkit={arg.vocdevkit}" if arg.vocdevkit else ""
