@@ -48,8 +48,9 @@ from ssl_jax import config_lib, tasks  # noqa: E402
 from ssl_jax.evals import features as features_lib  # noqa: E402
 from ssl_jax.evals import linear  # noqa: E402
 from ssl_jax.models import make_trunk  # noqa: E402
+from ssl_jax.pretext import compute_dtype  # noqa: E402
+from ssl_jax.train import loop  # noqa: E402
 from ssl_jax.train import optim as optim_lib  # noqa: E402
-from ssl_jax.train import trainer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_BATCHES, GPU_BATCHES = (32,), (64, 128, 256)
@@ -66,27 +67,23 @@ class JaxStep:
         config = config_lib.load_config(os.path.join(ROOT, "configs/evals/imagenet_linear.py"))
         config.features.size = size
         config.optim.batch_size = batch
-        feature_config = linear._feature_config(config, run_config)
-        dims = features_lib.feature_dims(feature_config, size)
-        heads = linear.LinearHeads(tuple(dims), classes, linear.bn_scale_shift(run_config))
-        schedule = optim_lib.make_schedule(linear._plan(config, 10 * batch), 0.1)
+        task = tasks.create(run_config)
+        benchmark = linear.LinearBenchmark(config, task)
+        dims = features_lib.feature_dims(task, config.features, size)
+        heads = linear.LinearHeads(tuple(dims), classes, benchmark.scale_shift)
+        schedule = optim_lib.make_schedule(linear.plan(config, 10 * batch), 0.1)
         example = {name: jnp.zeros((1, d), jnp.float32) for name, d in dims.items()}
-        variables = heads.init(jax.random.PRNGKey(0), example, train=False)
         optim = ml_collections.ConfigDict({"weight_decay": 1e-4, "momentum": 0.9, "nesterov": True})
-        tx = optim_lib.make_optimizer(optim, schedule, variables["batch_stats"])
-        mesh = trainer.make_mesh()
+        mesh = loop.make_mesh()
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
         trunk = make_trunk(run_config.model)
         trunk_vars = trunk.init(jax.random.PRNGKey(1), jnp.zeros((1, size, size, 3)), train=False)
         self.trunk = jax.device_put(trunk_vars, replicated)
-        self.state = jax.device_put(
-            {
-                "params": variables["params"],
-                "batch_stats": variables["batch_stats"],
-                "opt_state": tx.init(variables["params"]),
-                "step": jnp.zeros((), jnp.int32),
-            },
+        self.state, tx = loop.create_state(
+            lambda rng: heads.init(rng, example, train=False),
+            lambda batch_stats: optim_lib.make_optimizer(optim, schedule, batch_stats),
+            0,
             replicated,
         )
         rng = np.random.default_rng(0)
@@ -98,7 +95,7 @@ class JaxStep:
             sharded,
         )
         step = linear.make_train_step(
-            features_lib.make_feature_fn(feature_config, size), heads, tx, schedule
+            features_lib.make_feature_fn(task, config.features, size), heads, tx, schedule
         )
         self.step = jax.jit(
             step,
@@ -110,7 +107,7 @@ class JaxStep:
         self.compiled = self.step.lower(self.state, self.trunk, self.batch).compile()
         self.compile_s = time.perf_counter() - start
         self.dims = dims
-        self.head_params = sum(x.size for x in jax.tree.leaves(variables["params"]))
+        self.head_params = sum(x.size for x in jax.tree.leaves(self.state["params"]))
         cost = self.compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         self.flops = float(cost.get("flops", 0.0)) if cost else None
@@ -236,7 +233,7 @@ def main(argv=None) -> int:
         import torch
 
         torch_device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = str(jnp.dtype(tasks.compute_dtype(args.dtype)))
+    dtype = str(jnp.dtype(compute_dtype(args.dtype)))
     autocast = torch_device == "cuda" and dtype == "bfloat16"
     print(f"trunk dtype: JAX {dtype}, PyTorch {'bfloat16 autocast' if autocast else 'float32'}")
     info = machine_info()

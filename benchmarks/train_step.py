@@ -10,8 +10,8 @@ benchmarks/results/colorization_train_step.json for Colorization.
 Jigsaw (the default task):
 JAX side: the library's own step, built as the trainer builds it: the config file
 (configs/jigsaw_r50.py or configs/jigsaw_alexnet.py) with overrides for the batch, compute dtype,
-width and |P|; tasks.build, optim.make_plan / make_schedule / make_optimizer for ImageNet-1k's
-1,281,167 images; trainer.init_state; jax.jit(trainer.make_train_step(...), donate_argnums=0).
+width and |P|; tasks.create, optim.make_plan / make_schedule for ImageNet-1k's 1,281,167 images;
+train.state.pretext_state; jax.jit(train.pretrain.make_train_step(...), donate_argnums=0).
 Its input is a batch of random uint8 crops (B, 255, 255, 3) already on the device, so puzzle
 making (tile cutting at random offsets, grayscale, normalisation, permutation) is inside the step,
 as in training. config.model.bn_group_size stays at the paper's 32 images where the batch is a
@@ -82,7 +82,8 @@ from ssl_jax.colorization import lab as lab_lib  # noqa: E402
 from ssl_jax.colorization.bins import NUM_BINS, ab_bins  # noqa: E402
 from ssl_jax.jigsaw import tiles as tiles_lib  # noqa: E402
 from ssl_jax.jigsaw.task import load_permutation_set  # noqa: E402
-from ssl_jax.train import optim, trainer  # noqa: E402
+from ssl_jax.train import loop, optim, pretrain  # noqa: E402
+from ssl_jax.train import state as state_lib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
@@ -226,7 +227,7 @@ def jax_config(task: str, model: str, batch: int, args):
             ("colorization.k", str(args.k)),
             ("colorization.rebalance", "True"),
             ("colorization.priors_file", args.priors_file),
-            ("colorization.samples", "0"),
+            ("evals.samples.every_steps", "0"),
         ]
     config_lib.apply_overrides(config, overrides)
     tasks.validate(config)
@@ -249,21 +250,18 @@ class JaxStep:
     """The compiled train step, its state and a batch of uint8 crops on the device."""
 
     def __init__(self, config, batch: int):
-        pretext = tasks.build(config)
+        pretext = tasks.create(config)
+        pretext.fit(None)  # the permutation set, or the priors of --priors_file
         self.pretext = pretext
         plan = optim.make_plan(config.optim, IMAGENET_TRAIN)
         schedule = optim.make_schedule(plan, config.optim.decay_factor)
-        init_rng = jax.random.PRNGKey(config.seed)
-        shapes = jax.eval_shape(
-            lambda: pretext.model.init(init_rng, pretext.example_inputs, train=False)
-        )
-        tx = optim.make_optimizer(config.optim, schedule, shapes.get("batch_stats", {}))
-        self.state = jax.jit(lambda rng: trainer.init_state(config, pretext, tx, rng))(init_rng)
+        replicated = jax.sharding.NamedSharding(loop.make_mesh(), jax.sharding.PartitionSpec())
+        self.state, tx = state_lib.pretext_state(config, pretext, replicated, schedule)
         self.num_params = int(sum(x.size for x in jax.tree.leaves(self.state["params"])))
         crop = config.input.crop
         images = jax.random.randint(jax.random.PRNGKey(2), (batch, crop, crop, 3), 0, 256)
         self.batch = {"image": images.astype(jnp.uint8)}
-        step = jax.jit(trainer.make_train_step(pretext, tx, schedule), donate_argnums=0)
+        step = jax.jit(pretrain.make_train_step(pretext, tx, schedule), donate_argnums=0)
         start = time.perf_counter()
         self.compiled = step.lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - start

@@ -29,6 +29,7 @@ def get_config(arg=None):
 
     c.colorization = config_defaults.colorization(k=arg.k)
     c.colorization.rebalance = arg.rebalance
+    config_defaults.colorization_picture(c)
 
     config_defaults.data_from_args(c, folder=arg.folder, filelist=arg.filelist)
     if arg.runlocal:

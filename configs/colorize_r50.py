@@ -17,8 +17,9 @@ Schedule: the paper's Colorization schedule is not public; we use the shared rec
 configs/jigsaw_r50.py (SGD 0.1 for batch 256, 5-epoch warm-up, x0.1 at 30/60/90/100, 105 epochs,
 weight decay 1e-4 off BN), every number a config field. Crops: resize 256, random 224, flip.
 
-Every checkpoint also writes samples/step_N.png: grayscale input | prediction | ground truth for
-8 training crops (annealed mean, T = 0.38). ``python -m ssl_jax.colorization show --workdir=W``
+Every checkpoint also writes evals/samples/step_N/picture.png: grayscale input | prediction |
+ground truth for 8 training crops (annealed mean, T = 0.38; ``config.evals.samples``, the
+evaluator ``ssl_jax.colorization.picture``). ``python -m ssl_jax.colorization show --workdir=W``
 draws the same from any checkpoint.
 
 Arguments (after a colon, comma-separated):
@@ -50,6 +51,7 @@ def get_config(arg=None):
 
     c.colorization = config_defaults.colorization(k=arg.k)
     c.colorization.rebalance = arg.rebalance
+    config_defaults.colorization_picture(c)
 
     config_defaults.data_from_args(c, folder=arg.folder, filelist=arg.filelist)
     if arg.runlocal:

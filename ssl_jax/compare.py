@@ -13,14 +13,13 @@ benchmarks, top-1 (%) for the linear one.
 from __future__ import annotations
 
 import argparse
-import glob
-import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from ssl_jax import paths
 
 
 def layer_scores(results: dict[str, Any]) -> dict[str, float]:
@@ -35,14 +34,12 @@ def layer_scores(results: dict[str, Any]) -> dict[str, float]:
 
 
 def collect(pattern: str) -> list[dict[str, Any]]:
-    paths = sorted(glob.glob(os.path.join(pattern, "results.json")))
-    if not paths:
+    found = paths.glob(paths.join(pattern, "results.json"))
+    if not found:
         raise ValueError(f"No results.json under {pattern!r}; is the evaluation finished?")
     runs = []
-    for path in paths:
-        with open(path) as f:
-            results = json.load(f)
-        runs.append({"workdir": os.path.dirname(path), "scores": layer_scores(results)})
+    for path in found:
+        runs.append({"workdir": paths.dirname(path), "scores": layer_scores(paths.read_json(path))})
     return runs
 
 
@@ -104,8 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(markdown(rows))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+        paths.write_json(args.out, rows)
     return 0
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ml_collections
 
 from ssl_jax import config_lib
+from ssl_jax.colorization import picture
+from ssl_jax.evals import linear, probe, svm_benchmark
 from ssl_jax.jigsaw.tiles import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -71,25 +73,16 @@ def pretrain() -> ml_collections.ConfigDict:
     c.train.progress_bar = True
     c.train.multihost = False  # call jax.distributed.initialize() (also: env SSL_JAX_MULTIHOST=1)
 
-    # Evaluations run on the live weights at checkpoints (ssl_jax.evals.run.attached): set
-    # every_steps (a multiple of train.checkpoint_every; 0 = off) and an evaluation config spec,
-    # e.g. --config.evals.voc07_svm.every_steps=10000.
+    # Evaluations of the live weights during pretraining (ssl_jax.evaluators.attached): a
+    # benchmark's config under a label, run every every_steps (a multiple of
+    # train.checkpoint_every; 0 = off) and at the last step, e.g.
+    # --config.evals.voc07_svm.every_steps=10000 --config.evals.voc07_svm.svm.solver=jax.
     c.evals = ml_collections.ConfigDict()
-    from ssl_jax.evals.probe import probe_config
-
-    c.evals.probe = probe_config()  # few-shot ridge per layer (ssl_jax.evals.probe)
-    c.evals.voc07_svm = attached_evaluation("configs/evals/voc07_svm.py")
-    c.evals.voc07_lowshot = attached_evaluation("configs/evals/voc07_lowshot.py")
-    c.evals.linear = attached_evaluation("configs/evals/linear.py")
+    c.evals.probe = probe.defaults()  # few-shot ridge per layer (ssl_jax.evals.probe)
+    c.evals.voc07_svm = svm_benchmark.defaults("voc07_svm")
+    c.evals.voc07_lowshot = svm_benchmark.defaults("voc07_lowshot")
+    c.evals.linear = linear.defaults()
     return c
-
-
-def attached_evaluation(spec: str, every_steps: int = 0) -> ml_collections.ConfigDict:
-    e = ml_collections.ConfigDict()
-    e.every_steps = every_steps  # 0: off
-    e.config = spec  # an evaluation config, e.g. "configs/evals/voc07_svm.py:runlocal"
-    e.overrides = ""  # its fields, "key=value;key=value", e.g. "svm.solver=jax"
-    return e
 
 
 def jigsaw(num_perms: int, tile_features: int, hidden_features: int) -> ml_collections.ConfigDict:
@@ -160,11 +153,14 @@ def runlocal_schedule(
     # The few-shot probe on the demo photos (which photo a crop shows) at every third checkpoint
     # and at the end (about 10 s each on 2 cores).
     c.evals.probe.every_steps = 3 * checkpoint_every
-    c.evals.probe.data.train = labelled_data("demo", "train")
-    c.evals.probe.data.test = labelled_data("demo", "test")
-    c.evals.probe.size = 112
-    c.evals.probe.pooling = "adaptive"
-    c.evals.probe.batch_size = 32
+    c.evals.probe.data.train, c.evals.probe.data.test = svm_benchmark.demo_splits()
+    c.evals.probe.features.size = 112
+    c.evals.probe.features.pooling = "adaptive"
+    c.evals.probe.features.batch_size = 32
+    # The benchmarks on the demo photos too, off until their every_steps is set.
+    svm_benchmark.runlocal(c.evals.voc07_svm)
+    svm_benchmark.runlocal(c.evals.voc07_lowshot)
+    linear.runlocal(c.evals.linear)
 
 
 def colorization(k: int = 10) -> ml_collections.ConfigDict:
@@ -183,9 +179,13 @@ def colorization(k: int = 10) -> ml_collections.ConfigDict:
     c.gray_threshold = 5.0  # images with no |a| or |b| above this are left out of the loss
     c.target_stride = 4  # target grid at 1/4 of the crop (56x56 for 224), Zhang's resolution
     c.quantize = True  # round Lab to OpenCV's 8-bit values, as the paper's pipeline
-    c.temperature = 0.38  # annealed mean for pictures (Zhang et al.)
-    c.samples = 8  # images in the picture written at every checkpoint (0: none)
     return c
+
+
+def colorization_picture(c: ml_collections.ConfigDict) -> None:
+    """Attaches the picture (gray | prediction | truth, ssl_jax.colorization.picture) to a
+    Colorization config as config.evals.samples, at every checkpoint."""
+    c.evals.samples = picture.defaults(every_steps=-1)
 
 
 def colorization_input(c: ml_collections.ConfigDict, crop: int) -> None:
@@ -201,137 +201,6 @@ def runlocal_colorization(c: ml_collections.ConfigDict) -> None:
     c.input.crop = 112
     c.colorization.prior_images = 2048
     runlocal_schedule(c, epochs=6.0, decay_epochs=(5.0,), log_every=8, checkpoint_every=128)
-
-
-def labelled_data(source: str, split: str, path: str = "") -> ml_collections.ConfigDict:
-    """One split of a labelled evaluation set (``ssl_jax.evals.datasets.make_labelled``)."""
-    d = ml_collections.ConfigDict()
-    d.source = source  # voc07_tfds | vocdevkit | folder | filelist | demo
-    d.split = split  # voc07_tfds / vocdevkit: trainval | test
-    d.path = path  # VOCdevkit folder, image folder or file list
-    d.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir
-    d.max_examples = 0  # > 0: N images spread evenly over the set (a fixed subset, for quick runs)
-    return d
-
-
-def svm_evaluation(evaluation: str) -> ml_collections.ConfigDict:
-    """The fields every frozen-feature SVM benchmark shares (PROTOCOLS.md: VOC07 SVMs, low-shot)."""
-    from ssl_jax.evals import svm
-
-    c = ml_collections.ConfigDict()
-    c.evaluation = evaluation
-    c.pretrained = ""  # the pretraining workdir to evaluate
-    c.pretrained_step = -1  # -1: its latest checkpoint
-    c.random_init = False  # the same trunk with fresh weights (the random baseline)
-    c.seed = 0
-
-    c.features = ml_collections.ConfigDict()
-    c.features.layers = ()  # () = every tap of the trunk's pooling table
-    c.features.batch_size = 64
-    c.features.size = 0  # 0: 224 (ResNet) / 227 (AlexNet), as PROTOCOLS.md
-    c.features.pooling = "table"  # table | adaptive (other input sizes)
-
-    c.data = ml_collections.ConfigDict()
-    c.data.train = labelled_data("voc07_tfds", "trainval")
-    c.data.test = labelled_data("voc07_tfds", "test")
-
-    c.svm = ml_collections.ConfigDict()
-    c.svm.solver = "sklearn"  # sklearn (liblinear, the reference) | jax (batched, accelerator)
-    c.svm.costs = tuple(svm.COSTS)
-    c.svm.n_jobs = -1  # sklearn solver: parallel fits (-1: every core)
-
-    c.low_shot = ml_collections.ConfigDict()
-    c.low_shot.ks = (1, 2, 4, 8, 16, 32, 64, 96)
-    c.low_shot.samples = 5
-    return c
-
-
-def runlocal_evaluation(c: ml_collections.ConfigDict) -> None:
-    """The built-in demo images as labelled data (which photo a crop shows), a few costs."""
-    c.data.train = labelled_data("demo", "train")
-    c.data.test = labelled_data("demo", "test")
-    c.features.batch_size = 16
-    c.svm.costs = (1e-2, 0.1, 1.0, 10.0)
-    c.low_shot.ks = (1, 2, 4)
-    c.low_shot.samples = 3
-
-
-SVM_ARGS = dict(runlocal=False, solver="sklearn", vocdevkit="", train="", test="")
-
-
-def svm_data_from_args(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) -> None:
-    """The ``vocdevkit=PATH`` and ``train=DIR,test=DIR`` arguments of the SVM configs."""
-    if arg.vocdevkit:
-        c.data.train = labelled_data("vocdevkit", "trainval", arg.vocdevkit)
-        c.data.test = labelled_data("vocdevkit", "test", arg.vocdevkit)
-    if bool(arg.train) != bool(arg.test):
-        raise config_lib.ConfigError(
-            f"Give both train=DIR and test=DIR as config arguments, not only one "
-            f"(got train={arg.train!r}, test={arg.test!r})."
-        )
-    if arg.train:
-        c.data.train = labelled_data("folder", "train", arg.train)
-        c.data.test = labelled_data("folder", "test", arg.test)
-
-
-def linear_evaluation() -> ml_collections.ConfigDict:
-    """Linear classifiers on frozen taps (PROTOCOLS.md, "Linear classifiers"), at its values.
-
-    configs/evals/{imagenet,places205}_linear.py and configs/evals/linear.py set the data; the
-    fields read by ``ssl_jax.evals.linear``. Values "auto" / -1 resolve from the trunk there.
-    """
-    from ssl_jax.evals import linear_config
-
-    c = ml_collections.ConfigDict()
-    c.evaluation = "linear"
-    c.pretrained = ""  # the pretraining workdir to evaluate
-    c.pretrained_step = -1  # -1: its latest checkpoint
-    c.random_init = False  # the same trunk with fresh weights (the random baseline)
-    c.seed = 0
-
-    c.features = ml_collections.ConfigDict()
-    c.features.layers = ()  # () = every tap of the trunk's pooling table
-    c.features.size = 0  # input side; 0: 224 (ResNet) / 227 (AlexNet), as PROTOCOLS.md
-    c.features.pooling = "table"  # table | adaptive (other input sizes)
-
-    c.data = ml_collections.ConfigDict()
-    c.data.train = linear_config.split_config("tfds", "imagenet2012", "train")
-    c.data.test = linear_config.split_config("tfds", "imagenet2012", "validation")
-
-    c.input = ml_collections.ConfigDict()
-    # auto: random_resized_crop (+ flip); Colorization trunks: resize_crop (resize, crop, flip).
-    c.input.train_augment = "auto"
-    c.input.resize_short = 0  # test resize (and resize_crop's); 0: 256 (scaled for other sizes)
-    c.input.flip = True
-
-    c.head = ml_collections.ConfigDict()
-    # BN before each linear layer: auto = no scale/shift for Jigsaw ResNets and AlexNets, with
-    # scale/shift for Colorization ResNets; or "on" / "off".
-    c.head.bn_scale_shift = "auto"
-    c.head.init_std = 0.01  # linear weights ~ N(0, init_std^2), bias 0
-
-    c.optim = ml_collections.ConfigDict()
-    c.optim.batch_size = 256
-    c.optim.lr = 0.01
-    c.optim.momentum = 0.9
-    c.optim.nesterov = True
-    c.optim.weight_decay = -1.0  # -1: 1e-4 (ResNet) / 5e-4 (AlexNet); never on BN
-    c.optim.steps = 140_000
-    c.optim.decay_every = 40_000  # lr x decay_factor every this many steps
-    c.optim.decay_factor = 0.1
-
-    c.test = ml_collections.ConfigDict()
-    c.test.batch_size = 256
-
-    c.train = ml_collections.ConfigDict()
-    c.train.log_every = 100
-    c.train.checkpoint_every = 5000  # a multiple of log_every
-    c.train.keep_checkpoints = 2
-    c.train.eval_every = 0  # > 0: also test every N steps (a multiple of log_every); 0: at the end
-    c.train.stop_after_steps = ml_collections.FieldReference(None, field_type=int)
-    c.train.progress_bar = True
-    c.train.multihost = False  # call jax.distributed.initialize() (also: env SSL_JAX_MULTIHOST=1)
-    return c
 
 
 def small_scale(c: ml_collections.ConfigDict) -> None:

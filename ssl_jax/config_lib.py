@@ -256,7 +256,6 @@ def increasing_numbers() -> tuple[Check, str]:
 # Allowed values of the fields every pretraining config shares. Task configs add their own via
 # the ``extra`` argument of ``validate``.
 SCHEMA: dict[str, tuple[Check, str]] = {
-    "task": one_of("jigsaw", "colorization", "supervised"),
     "seed": non_negative(integer=True),
     "data.source": one_of("tfds", "folder", "filelist", "demo"),
     "data.shuffle_buffer": positive(integer=True),

@@ -2,9 +2,10 @@
 
   python -m ssl_jax.main --config=configs/X.py[:arg] --workdir=W [--config.k=v ...]
 
-A pretraining config (configs/*.py) trains in W; an evaluation config (configs/evals/*.py, with
-a top-level ``evaluation`` field) evaluates the workdir named by --config.pretrained and writes
-W/results.json and W/results.md.
+A pretraining config (configs/*.py) trains in W (``ssl_jax.train.pretrain``); an evaluation config
+(configs/evals/*.py, whose ``evaluation`` field names a benchmark of ``ssl_jax.evaluators``)
+evaluates the workdir named by --config.pretrained and writes W/results.json and W/results.md.
+W may be a local folder or a gs:// URL (``ssl_jax.paths``).
 
 Flags:
   --config=PATH[:ARG]   a config file and its argument string (see ssl_jax/config_lib.py).
@@ -37,7 +38,11 @@ import sys
 # TensorFlow only feeds the input pipeline; keep its C++ start-up chatter out of the run's log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from ssl_jax import config_lib  # noqa: E402
+import jax  # noqa: E402
+
+from ssl_jax import config_lib, evaluators, paths  # noqa: E402
+from ssl_jax.train import loop  # noqa: E402
+from ssl_jax.train import pretrain as pretrain_lib  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
@@ -102,21 +107,36 @@ def distributed_arguments(environ) -> dict[str, str | int]:
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,  # absl (imported with JAX) may have configured the root logger already
     )
     for noisy in ("absl", "orbax", "jax._src", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = config_lib.load_config(args.config)
         config_lib.apply_overrides(config, overrides)
-        if "evaluation" in config:
-            from ssl_jax.evals import run as evals_run
-
-            evals_run.check_config(config)
+    except config_lib.ConfigError as e:
+        print(f"Config error: {e}", file=sys.stderr)
+        return 2
+    multihost = (
+        args.multihost
+        or os.environ.get("SSL_JAX_MULTIHOST") == "1"
+        or bool(config.get("train", {}).get("multihost", False))
+    )
+    if multihost and not args.print_config:
+        # Before anything touches a device (the checks below count devices).
+        try:
+            jax.distributed.initialize(**distributed_arguments(os.environ))
+        except ValueError as e:
+            print(f"Multi-process set-up error: {e}", file=sys.stderr)
+            return 2
+    try:
+        if evaluators.is_evaluation(config):
+            evaluators.check(config)
         else:
-            from ssl_jax import tasks
-
-            tasks.validate(config)
+            pretrain_lib.check(config)
     except config_lib.ConfigError as e:
         print(f"Config error: {e}", file=sys.stderr)
         return 2
@@ -124,34 +144,17 @@ def main(argv: list[str] | None = None) -> int:
         print(config)
         return 0
 
-    multihost = (
-        args.multihost
-        or os.environ.get("SSL_JAX_MULTIHOST") == "1"
-        or ("train" in config and config.train.multihost)
-    )
-    import jax
-
-    if multihost:
-        try:
-            jax.distributed.initialize(**distributed_arguments(os.environ))
-        except ValueError as e:
-            print(f"Multi-process set-up error: {e}", file=sys.stderr)
-            return 2
-    from ssl_jax import fileio
-    from ssl_jax.train import InputPipelineError, TrainingDiverged, train
-
-    fileio.makedirs(args.workdir)
+    paths.makedirs(args.workdir)
     if jax.process_index() == 0:
-        with fileio.open_file(fileio.join(args.workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        paths.write_text(
+            paths.join(args.workdir, "config.json"), config.to_json_best_effort(indent=2)
+        )
     try:
-        if "evaluation" in config:
-            from ssl_jax.evals import run as evals_run
-
-            evals_run.evaluate(config, args.workdir)
+        if evaluators.is_evaluation(config):
+            evaluators.evaluate(config, args.workdir)
         else:
-            train(config, args.workdir)
-    except (TrainingDiverged, InputPipelineError) as e:
+            pretrain_lib.pretrain(config, args.workdir)
+    except (loop.TrainingDiverged, loop.InputPipelineError) as e:
         logging.error("%s", e)
         return 1
     except (FileNotFoundError, config_lib.ConfigError) as e:
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.error("%s", e)
         return 2
     except ValueError as e:
-        if "evaluation" not in config:
+        if not evaluators.is_evaluation(config):
             raise
         # Bad evaluation input (features, labels, shapes): the message names the value and fix.
         logging.error("%s", e)

@@ -47,13 +47,11 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
+import fsspec
 import numpy as np
-
-if TYPE_CHECKING:
-    import fsspec
-    from etils import epath
+from etils import epath
 
 PathLike = str | os.PathLike
 
@@ -171,7 +169,6 @@ def configure() -> str | None:
     with _Configured.lock:
         if _Configured.done and _Configured.emulator == host:
             return host
-        import fsspec
 
         if _Configured.emulator is not None:
             _unset_emulator(fsspec)
@@ -203,7 +200,7 @@ def _set_emulator(fsspec: Any, host: str) -> None:
     _set_env("GOOGLE_AUTH_TOKEN_FOR_TESTING", _EMULATOR_TOKEN, force=False)
     _set_env("EPATH_USE_TF", "false", force=True)
     _set_env("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false", force=True)
-    import gcsfs.core
+    import gcsfs.core  # heavy (aiohttp, google-auth): imported only for gs:// paths
 
     for scheme in GCS_SCHEMES:
         fsspec.register_implementation(scheme, gcsfs.core.GCSFileSystem, clobber=True)
@@ -217,7 +214,7 @@ def _unset_emulator(fsspec: Any) -> None:
         if os.environ.get(key) == value:
             del os.environ[key]
     _Configured.env_set = {}
-    import gcsfs
+    import gcsfs  # heavy (aiohttp, google-auth): imported only for gs:// paths
 
     for scheme in GCS_SCHEMES:
         fsspec.register_implementation(scheme, gcsfs.GCSFileSystem, clobber=True)
@@ -243,7 +240,6 @@ def _clear_epath_cache() -> None:
 
 def _fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec file system for ``url`` and the path it takes (the URL without its scheme)."""
-    import fsspec
 
     scheme, _ = _split_url(url)
     if scheme in GCS_SCHEMES:
@@ -630,7 +626,6 @@ def checkpoint_directory(path: PathLike) -> epath.Path:
     do: the emulator when STORAGE_EMULATOR_HOST is set, else Google through gcsfs.
     """
     configure()  # before orbax's first epath call, even for a local directory
-    from etils import epath
 
     path = os.fspath(path)
     if is_url(path):
@@ -640,6 +635,15 @@ def checkpoint_directory(path: PathLike) -> epath.Path:
 
 
 # ----------------------------------------------------------------------------- TensorBoard
+
+
+def _tensorboard():
+    """TensorBoard's event protos, the scalar summary and the record framing."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2  # heavy: only to write events
+    from tensorboard.plugins.scalar import summary_v2  # heavy: only to write events
+    from tensorboard.summary.writer.record_writer import RecordWriter  # heavy: only for events
+
+    return event_pb2, summary_pb2, summary_v2, RecordWriter
 
 
 class SummaryWriter:
@@ -671,8 +675,7 @@ class SummaryWriter:
         self._start_file()
 
     def _start_file(self) -> None:
-        from tensorboard.compat.proto import event_pb2
-
+        event_pb2, _, _, _ = _tensorboard()
         name = (
             f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
             f"{os.getpid()}.{self._files:04d}"
@@ -688,8 +691,7 @@ class SummaryWriter:
         self._append(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def _append(self, event: Any) -> None:
-        from tensorboard.summary.writer.record_writer import RecordWriter
-
+        _, _, _, RecordWriter = _tensorboard()  # noqa: N806 (a class)
         record = io.BytesIO()
         RecordWriter(record).write(event.SerializeToString())
         if self._url:
@@ -704,9 +706,7 @@ class SummaryWriter:
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         """Logs each ``tag: value`` (numbers, stored as float32) at training ``step``."""
-        from tensorboard.compat.proto import event_pb2, summary_pb2
-        from tensorboard.plugins.scalar import summary_v2
-
+        event_pb2, summary_pb2, summary_v2, _ = _tensorboard()
         if self.closed:
             raise ValueError(f"scalars() on the closed SummaryWriter of {self.logdir!r}")
         if not values:

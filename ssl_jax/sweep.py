@@ -41,19 +41,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
 
-from ssl_jax import config_lib, tasks
+from ssl_jax import config_lib, paths, sweep_results, tasks
+from ssl_jax.train import checkpoint as ckpt_lib
+from ssl_jax.train import optim as optim_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # CIFAR-10 as class folders (train/, test/) beside the repository: the small-scale configs' default.
@@ -223,7 +225,7 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
       ConfigError: a missing base config for a (task, model), an unknown override key, or a
         value the base config rejects; before anything is launched.
     """
-    sweep_dir = os.path.abspath(sweep.sweep_dir)
+    sweep_dir = paths.abspath(sweep.sweep_dir)
     common = parse_overrides(sweep.overrides, "config.overrides")
     benchmarks = []
     for name, bench in sweep.benchmarks.items():
@@ -261,7 +263,7 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
             base_configs[spec] = config_lib.load_config(spec)
         axis = sweep.complexity_label[task]
         name = f"{task}_{model}_n{format_size(size)}_{axis}{value}"
-        directory = os.path.join(sweep_dir, name)
+        directory = paths.join(sweep_dir, name)
         overrides = [*common, (sweep.data_size_key, repr(size)),
                      (sweep.complexity_key[task], str(value))]  # fmt: skip
         overrides += budget_overrides(sweep, base_configs[spec], overrides, size)
@@ -270,18 +272,18 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
             tasks.validate(resolved)
         except config_lib.ConfigError as e:
             raise config_lib.ConfigError(f"In run {name} ({spec}): {e}") from None
-        pretrain_dir = os.path.join(directory, "pretrain")
+        pretrain_dir = paths.join(directory, "pretrain")
         pretrain = Step(
             "pretrain", spec, tuple(overrides), pretrain_dir,
-            os.path.join(directory, "logs", "pretrain.log"),
+            log_path(directory, "pretrain"),
         )  # fmt: skip
         evals = tuple(
             Step(
                 f"eval_{bench}",
                 bench_spec,
                 (("pretrained", pretrain_dir), *bench_overrides, *per_model.get(model, ())),
-                os.path.join(directory, f"eval_{bench}"),
-                os.path.join(directory, "logs", f"eval_{bench}.log"),
+                paths.join(directory, f"eval_{bench}"),
+                log_path(directory, f"eval_{bench}"),
             )  # fmt: skip
             for bench, bench_spec, bench_overrides, per_model in benchmarks
         )
@@ -371,27 +373,21 @@ def _is_count(size: Any) -> bool:
 
 
 def latest_checkpoint(workdir: str) -> int | None:
-    """The highest completed checkpoint step in workdir/checkpoints (orbax writes each one to a
-    temporary name first, so only finished ones have plain integer names)."""
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        return None
-    steps = [int(d) for d in os.listdir(directory) if d.isdigit()]
-    return max(steps) if steps else None
+    """The highest completed checkpoint step in workdir/checkpoints, or None."""
+    steps = ckpt_lib.saved_steps(workdir)
+    return steps[-1] if steps else None
 
 
 def final_step(step: Step) -> int:
     """The step a pretraining ends at: the trainer's plan for its config and data size, capped
     by train.stop_after_steps. Counts the images only when data_size is not a count."""
-    from ssl_jax.train import optim as optim_lib
-
     config = check_overrides(step.spec, None, step.overrides, step.workdir)
     size = config.data.get("data_size", 0)
     if _is_count(size):
         # A count is exact: the data code refuses one larger than the source.
         num_examples = int(size)
     else:
-        from ssl_jax import data as data_lib
+        from ssl_jax import data as data_lib  # TensorFlow: only where data is read
 
         num_examples = data_lib.make_source(config.data).num_examples
     plan = optim_lib.make_plan(config.optim, num_examples)
@@ -405,7 +401,7 @@ def pretrain_done(run: Run, final: Callable[[Step], int] = final_step) -> bool:
 
 
 def benchmark_done(step: Step) -> bool:
-    return os.path.isfile(os.path.join(step.workdir, "results.json"))
+    return paths.isfile(paths.join(step.workdir, "results.json"))
 
 
 def pending_steps(run: Run, final: Callable[[Step], int] = final_step) -> list[Step]:
@@ -429,7 +425,7 @@ def emit_commands(runs: Sequence[Run], python: str, final=final_step) -> str:
         if not todo:
             lines.append(f"# {run.name}: finished")
             continue
-        logs = shlex.quote(os.path.join(run.directory, "logs"))
+        logs = shlex.quote(os.path.dirname(run.pretrain.log))
         lines.append(f"mkdir -p {logs} && " + " && ".join(s.shell(python) for s in todo))
     return "\n".join(lines) + "\n"
 
@@ -451,7 +447,7 @@ def emit_slurm(
             lines.append(f"# {run.name}: finished")
             continue
         lines.append(f"# {run.name}")
-        lines.append(f"mkdir -p {shlex.quote(os.path.join(run.directory, 'logs'))}")
+        lines.append(f"mkdir -p {shlex.quote(os.path.dirname(run.pretrain.log))}")
         dependency = ""
         for step in todo:
             wrap = f"cd {shlex.quote(REPO_ROOT)} && {shlex.join(step.argv(python))}"
@@ -490,6 +486,8 @@ def run_step(step: Step, python: str) -> float:
             step.argv(python), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env
         ).returncode
     seconds = time.perf_counter() - start
+    if paths.is_url(run_dir := paths.dirname(step.workdir)):
+        paths.write_bytes(paths.join(run_dir, "logs", os.path.basename(step.log)), _read(step.log))
     if rc != 0:
         raise StepFailed(
             f"exit code {rc} after {seconds:.0f} s; log {step.log}:\n{_tail(step.log)}"
@@ -497,9 +495,23 @@ def run_step(step: Step, python: str) -> float:
     return seconds
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _tail(path: str, lines: int = 15) -> str:
-    with open(path, errors="replace") as f:
-        return "".join("    " + line for line in f.readlines()[-lines:])
+    text = _read(path).decode("utf-8", "replace")
+    return "".join("    " + line for line in text.splitlines(keepends=True)[-lines:])
+
+
+def log_path(run_directory: str, step: str) -> str:
+    """A step's log: run_directory/logs/STEP.log; for a sweep in a bucket, a local file (a
+    subprocess writes it) under the temporary folder, copied to the bucket when the step ends."""
+    if paths.is_url(run_directory):
+        name = run_directory.split("://", 1)[1]
+        return os.path.join(tempfile.gettempdir(), "ssl_jax_sweep_logs", name, f"{step}.log")
+    return os.path.join(run_directory, "logs", f"{step}.log")
 
 
 def launch(
@@ -520,9 +532,7 @@ def launch(
         if not todo:
             out(f"[{i}/{len(runs)}] {run.name}: finished, skipped")
             continue
-        os.makedirs(run.directory, exist_ok=True)
-        with open(os.path.join(run.directory, "run.json"), "w") as f:
-            json.dump(run.describe(), f, indent=1)
+        paths.write_json(paths.join(run.directory, "run.json"), run.describe())
         for step in todo:
             out(f"[{i}/{len(runs)}] {run.name}: {step.name} (log {step.log})")
             try:
@@ -612,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     python = sweep.python or sys.executable
     if args.dry_run:
-        print(f"Sweep {sweep.name}: {len(runs)} runs in {os.path.abspath(sweep.sweep_dir)}")
+        print(f"Sweep {sweep.name}: {len(runs)} runs in {paths.abspath(sweep.sweep_dir)}")
         print(status_table(runs))
         return 0
     _write_sweep_json(sweep)
@@ -623,7 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(emit_slurm(runs, python, sweep.slurm), end="")
         return 0
     start = time.perf_counter()
-    print(f"Sweep {sweep.name}: {len(runs)} runs in {os.path.abspath(sweep.sweep_dir)}", flush=True)
+    print(f"Sweep {sweep.name}: {len(runs)} runs in {paths.abspath(sweep.sweep_dir)}", flush=True)
     failed = launch(runs, python, keep_going=args.keep_going, out=lambda s: print(s, flush=True))
     print(f"Sweep {sweep.name}: {time.perf_counter() - start:.0f} s", flush=True)
     rc = _results(sweep)
@@ -634,22 +644,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _write_sweep_json(sweep: ml_collections.ConfigDict) -> None:
-    sweep_dir = os.path.abspath(sweep.sweep_dir)
-    os.makedirs(sweep_dir, exist_ok=True)
-    with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
-        f.write(sweep.to_json_best_effort(indent=1))
+    sweep_dir = paths.abspath(sweep.sweep_dir)
+    paths.write_text(paths.join(sweep_dir, "sweep.json"), sweep.to_json_best_effort(indent=1))
 
 
 def _results(sweep: ml_collections.ConfigDict) -> int:
-    from ssl_jax import sweep_results
-
-    paths = sweep_results.write(
-        os.path.abspath(sweep.sweep_dir),
+    written = sweep_results.write(
+        paths.abspath(sweep.sweep_dir),
         metric=sweep.results.metric,
         lowshot_k=sweep.results.lowshot_k,
         gap_models=tuple(sweep.results.gap_models),
     )
-    for path in paths:
+    for path in written:
         print(path)
     return 0
 

@@ -32,15 +32,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import io
 import math
-import os
 import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from matplotlib.figure import Figure
+
+from ssl_jax import paths
+from ssl_jax.train import checkpoint as ckpt_lib
 
 RUN_NAME = re.compile(
     r"^(?P<task>[a-z]+)_(?P<model>.+)_n(?P<size>[^_]+)_(?P<axis>[PK])(?P<value>\d+)$"
@@ -62,22 +64,20 @@ def collect(sweep_dir: str, lowshot_k: int = 0) -> list[dict[str, Any]]:
      "layers": {layer: value in %}, "note"}}}.
     """
     rows = []
-    for name in sorted(os.listdir(sweep_dir)):
-        directory = os.path.join(sweep_dir, name)
-        if not os.path.isdir(directory):
+    for name in sorted(paths.listdir(sweep_dir)):
+        directory = paths.join(sweep_dir, name)
+        if not paths.isdir(directory):
             continue
         axes = _run_axes(directory, name)
         if axes is None:
             continue
-        from ssl_jax.sweep import latest_checkpoint
-
-        row = dict(axes, pretrain_step=latest_checkpoint(os.path.join(directory, "pretrain")))
+        steps = ckpt_lib.saved_steps(paths.join(directory, "pretrain"))
+        row = dict(axes, pretrain_step=steps[-1] if steps else None)
         row["benchmarks"] = {}
-        for entry in sorted(os.listdir(directory)):
-            path = os.path.join(directory, entry, "results.json")
-            if entry.startswith("eval_") and os.path.isfile(path):
-                with open(path) as f:
-                    results = json.load(f)
+        for entry in sorted(paths.listdir(directory)):
+            path = paths.join(directory, entry, "results.json")
+            if entry.startswith("eval_") and paths.isfile(path):
+                results = paths.read_json(path)
                 row["benchmarks"][entry.removeprefix("eval_")] = benchmark_scores(
                     results, lowshot_k
                 )
@@ -88,10 +88,9 @@ def collect(sweep_dir: str, lowshot_k: int = 0) -> list[dict[str, Any]]:
 
 def _run_axes(directory: str, name: str) -> dict[str, Any] | None:
     """The run's axes from its run.json, else from its directory name; None if neither."""
-    path = os.path.join(directory, "run.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            run = json.load(f)
+    path = paths.join(directory, "run.json")
+    if paths.isfile(path):
+        run = paths.read_json(path)
         return {k: run[k] for k in ("task", "model", "data_size", "axis", "complexity")} | {
             "run": name
         }
@@ -176,10 +175,11 @@ def _round(value: float | None) -> float | str:
 def write_csv(rows: Sequence[dict[str, Any]], path: str) -> None:
     flat = flat_rows(rows)
     fields = list(dict.fromkeys(k for r in flat for k in r))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(flat)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(flat)
+    paths.write_text(path, text.getvalue())
 
 
 def markdown(rows: Sequence[dict[str, Any]], notes: Sequence[str] = ()) -> str:
@@ -404,23 +404,24 @@ def write(
     gap_models: Sequence[str] = ("alexnet", "r50"),
 ) -> list[str]:
     """Collects ``sweep_dir`` and writes runs.csv, runs.md and the figures; returns their paths."""
-    if not os.path.isdir(sweep_dir):
+    if not paths.isdir(sweep_dir):
         raise FileNotFoundError(f"--sweep_dir={sweep_dir!r} is not a directory.")
-    out_dir = out_dir or os.path.join(sweep_dir, "results")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = out_dir or paths.join(sweep_dir, "results")
+    paths.makedirs(out_dir)
     rows = collect(sweep_dir, lowshot_k)
     figs, notes = figures(rows, metric, gap_models)
-    paths = [os.path.join(out_dir, "runs.csv"), os.path.join(out_dir, "runs.md")]
-    write_csv(rows, paths[0])
+    written = [paths.join(out_dir, "runs.csv"), paths.join(out_dir, "runs.md")]
+    write_csv(rows, written[0])
     for key, fig in figs.items():
-        path = os.path.join(out_dir, f"fig_{key}.png")
-        fig.savefig(path, dpi=120)
-        paths.append(path)
+        path = paths.join(out_dir, f"fig_{key}.png")
+        png = io.BytesIO()
+        fig.savefig(png, dpi=120, format="png")
+        paths.write_bytes(path, png.getvalue())
+        written.append(path)
     metric = choose_metric(rows, metric)
     notes = [f"Transfer metric in the figures: {metric}, best layer per run."] + notes
-    with open(paths[1], "w") as f:
-        f.write(markdown(rows, notes))
-    return paths
+    paths.write_text(written[1], markdown(rows, notes))
+    return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -437,21 +438,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     # Defaults from the sweep's own config (sweep.json), if the sweep command wrote one.
     settings = {"metric": "", "lowshot_k": 0, "gap_models": ["alexnet", "r50"]}
-    sweep_json = os.path.join(args.sweep_dir, "sweep.json")
-    if os.path.isfile(sweep_json):
-        with open(sweep_json) as f:
-            settings.update(json.load(f).get("results", {}))
+    sweep_json = paths.join(args.sweep_dir, "sweep.json")
+    if paths.isfile(sweep_json):
+        settings.update(paths.read_json(sweep_json).get("results", {}))
     metric = settings["metric"] if args.metric is None else args.metric
     lowshot_k = settings["lowshot_k"] if args.lowshot_k is None else args.lowshot_k
     gap = settings["gap_models"] if args.gap_models is None else args.gap_models.split(",")
     if len(gap) != 2:
         parser.error(f"--gap_models={','.join(gap)} must name two models, e.g. alexnet,r50")
     try:
-        paths = write(args.sweep_dir, args.out_dir, metric, lowshot_k, tuple(gap))
+        written = write(args.sweep_dir, args.out_dir, metric, lowshot_k, tuple(gap))
     except FileNotFoundError as e:
         print(e, file=sys.stderr)
         return 2
-    for path in paths:
+    for path in written:
         print(path)
     return 0
 

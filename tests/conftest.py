@@ -11,6 +11,7 @@ os.environ.setdefault("SSL_JAX_CACHE", tempfile.mkdtemp(prefix="ssl_jax_test_cac
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from gcs import gcs_bucket  # noqa: E402, F401  (a local GCS emulator: gs:// in the tests)
 
 _CACHE = os.environ.get(
     "SSL_JAX_TEST_COMPILE_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")

@@ -17,7 +17,7 @@ import numpy as np
 
 from ssl_jax import data as data_lib
 from ssl_jax import main as main_lib
-from ssl_jax.train import trainer
+from ssl_jax.train import loop
 
 
 def emulate(shards: int) -> None:
@@ -52,7 +52,7 @@ def emulate(shards: int) -> None:
 
     data_lib.pretrain_iterator = sharded_iterator
     # Checkpoints hold one (epoch, index) row per shard, as the P-process run writes them.
-    trainer._gather_positions = lambda position: positions.copy()
+    loop.gather_positions = lambda position: positions.copy()
 
 
 if __name__ == "__main__":

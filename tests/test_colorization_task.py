@@ -13,8 +13,9 @@ from ssl_jax import config_lib, tasks
 from ssl_jax.colorization import NUM_BINS, ab_bins, encode, rebalance_weights, soft_encode
 from ssl_jax.colorization import __main__ as commands
 from ssl_jax.colorization import task as col_task
+from ssl_jax.train import loop
 from ssl_jax.train import metrics as metrics_lib
-from ssl_jax.train import trainer
+from ssl_jax.train.pretrain import pretrain
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 R50 = os.path.join(ROOT, "configs", "colorize_r50.py")
@@ -28,7 +29,7 @@ TINY = [
     ("input.resize_short", "40"),
     ("input.crop", "32"),
     ("colorization.prior_images", "64"),
-    ("colorization.samples", "4"),
+    ("evals.samples.images", "4"),
     ("optim.batch_size", "16"),
     ("optim.epochs", "1.0"),
     ("optim.warmup_epochs", "0.25"),
@@ -163,7 +164,7 @@ def test_loss_metrics_against_numpy(prepared):
 
 
 def _built_targets(sigma, k, quantize, images):
-    """The targets of the task as tasks.build makes it (no priors: rebalancing off)."""
+    """The targets of the task as tasks.create makes it (no priors: rebalancing off)."""
     c = config_lib.load_config(R50 + ":runlocal")
     config_lib.apply_overrides(
         c,
@@ -175,7 +176,8 @@ def _built_targets(sigma, k, quantize, images):
             ("colorization.quantize", str(quantize).lower()),
         ],
     )
-    pretext = tasks.build(c)
+    pretext = tasks.create(c)
+    pretext.fit(None)
     _, targets = jax.jit(pretext.prepare)(jax.random.PRNGKey(0), {"image": jnp.asarray(images)})
     assert "pixel_weights" not in targets
     return {name: np.asarray(value) for name, value in targets.items()}
@@ -247,7 +249,7 @@ def test_network_shapes_and_taps(spec, crop, feature_grid):
             ("colorization.rebalance", "false"),
         ],
     )
-    pretext = tasks.build(c)
+    pretext = tasks.create(c)
     x = jnp.zeros((2, crop, crop, 1))
     variables = pretext.model.init(jax.random.PRNGKey(0), x, train=False)
     assert variables["params"]["trunk"]["conv1"]["kernel"].shape[2] == 1  # the L channel only
@@ -263,7 +265,7 @@ def test_other_depths_build():
     for depth in ("18", "101"):
         c = config_lib.load_config(R50 + f":depth={depth},width=0.0625")
         config_lib.apply_overrides(c, [("input.crop", "32"), ("colorization.rebalance", "false")])
-        pretext = tasks.build(c)
+        pretext = tasks.create(c)
         out = jax.eval_shape(
             lambda p=pretext: p.model.init_with_output(
                 jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 1)), train=False
@@ -345,7 +347,7 @@ def trained(tmp_path_factory):
     config = tiny_config(("train.stop_after_steps", "8"))
     with open(workdir / "config.json", "w") as f:  # as ssl_jax.main writes it
         f.write(config.to_json_best_effort())
-    trainer.train(config, str(workdir))
+    pretrain(config, str(workdir))
     return workdir
 
 
@@ -357,7 +359,7 @@ def test_training_logs_and_pictures(trained):
         assert np.isfinite(r["loss"]) and 0 <= r["top1"] <= 1
     assert rows[0]["ce"] == pytest.approx(np.log(NUM_BINS), abs=1.0)  # starts near chance
     assert os.path.isfile(trained / col_task.PRIORS_FILE)
-    picture = Image.open(trained / "samples" / "step_00000008.png")
+    picture = Image.open(trained / "evals" / "samples" / "step_8" / "picture.png")
     # 4 rows (images) x 3 columns (gray, prediction, truth) of 32-pixel crops with 4-pixel gaps.
     assert picture.size == (3 * 36 + 4, 4 * 36 + 4)
 
@@ -370,6 +372,15 @@ def test_show_command(trained, tmp_path):
     assert Image.open(out).size == (3 * 36 + 4, 2 * 36 + 4)
     assert commands.main(["show", f"--workdir={trained}", "--step=5"]) == 2  # no such checkpoint
     assert commands.main(["show", f"--workdir={tmp_path}"]) == 2  # not a run
+    # The same evaluator through the main entry point, from an evaluation config.
+    from ssl_jax import main as main_lib
+
+    spec = os.path.join(ROOT, "configs", "evals", "colorization_picture.py") + ":images=3"
+    rc = main_lib.main(
+        [f"--config={spec}", f"--config.pretrained={trained}", f"--workdir={tmp_path / 'e'}"]
+    )
+    assert rc == 0
+    assert Image.open(tmp_path / "e" / "picture.png").size == (3 * 36 + 4, 3 * 36 + 4)
 
 
 def test_picture_of_perfect_logits_is_the_image():
@@ -398,13 +409,11 @@ def test_eight_devices_match_one(tmp_path, monkeypatch):
     extra = [
         ("train.stop_after_steps", "2"),
         ("train.log_every", "1"),
-        ("colorization.samples", "0"),
+        ("evals.samples.every_steps", "0"),
     ]
-    trainer.train(tiny_config(*extra), str(tmp_path / "eight"))
-    monkeypatch.setattr(
-        trainer, "make_mesh", lambda: Mesh(np.asarray(jax.devices()[:1]), ("data",))
-    )
-    trainer.train(tiny_config(*extra), str(tmp_path / "one"))
+    pretrain(tiny_config(*extra), str(tmp_path / "eight"))
+    monkeypatch.setattr(loop, "make_mesh", lambda: Mesh(np.asarray(jax.devices()[:1]), ("data",)))
+    pretrain(tiny_config(*extra), str(tmp_path / "one"))
     eight = metrics_lib.read_metrics(str(tmp_path / "eight"))
     one = metrics_lib.read_metrics(str(tmp_path / "one"))
     for a, b in zip(eight, one, strict=True):
@@ -417,10 +426,10 @@ def test_alexnet_trains(tmp_path):
         ("input.resize_short", "72"),
         ("input.crop", "67"),
         ("train.stop_after_steps", "2"),
-        ("colorization.samples", "0"),
+        ("evals.samples.every_steps", "0"),
         spec=ALEX + ":runlocal",
     )
-    last = trainer.train(c, str(tmp_path))
+    last = pretrain(c, str(tmp_path))
     assert np.isfinite(last["loss"])
 
 

@@ -127,12 +127,12 @@ def test_cross_field_checks():
 
 
 def test_main_stops_before_compiling(monkeypatch, tmp_path, capsys):
-    import ssl_jax.train
+    from ssl_jax.train import pretrain
 
     def must_not_run(*a, **k):
         raise AssertionError("training started despite a config error")
 
-    monkeypatch.setattr(ssl_jax.train, "train", must_not_run)
+    monkeypatch.setattr(pretrain, "pretrain", must_not_run)
     argv = [f"--config={R50}:runlocal", f"--workdir={tmp_path}", "--config.optim.lrr=1"]
     assert main.main(argv) == 2
     assert "Closest valid key" in capsys.readouterr().err

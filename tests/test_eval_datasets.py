@@ -3,6 +3,7 @@
 import os
 import shutil
 import socket
+import types
 
 import ml_collections
 import numpy as np
@@ -11,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from ssl_jax.data import decode as decode_lib
-from ssl_jax.evals import datasets
+from ssl_jax.data import labelled as datasets
 
 CLASSES = datasets.VOC_CLASSES
 
@@ -294,7 +295,7 @@ def test_cifar10_folder_real_images(cifar10_dir, tmp_path):
     assert dataset.class_names[0] == "airplane" and dataset.class_names[-1] == "truck"
     np.testing.assert_array_equal(dataset.labels.sum(axis=0), np.full(10, 1000))
     np.testing.assert_array_equal(dataset.labels.sum(axis=1), np.ones(10_000))
-    subset = dataset.take(datasets.spread_positions(10_000, 20))
+    subset = dataset.subset(0, 20)
     np.testing.assert_array_equal(subset.labels.sum(axis=0), np.full(10, 2))  # 2 per class
     out = read_all(subset, size=32)  # CIFAR images are 32x32: the resize is the identity
     assert out["ok"].all()
@@ -323,17 +324,24 @@ def test_take_keeps_order_and_validates(folder):
 
 def test_labelled_set_validation():
     ids, names = np.array(["a", "b"]), ("x", "y")
+    two = types.SimpleNamespace(num_examples=2)  # a source of two records
     with pytest.raises(ValueError, match="label 2 for image 'b', class 'y'"):
-        datasets.LabelledSet("s", ids, np.array([[1, 0], [0, 2]]), names)
+        datasets.LabelledSet("s", two, np.array([[1, 0], [0, 2]]), names, ids)
     with pytest.raises(ValueError, match=r"more than once.*'a'"):
-        datasets.LabelledSet("s", np.array(["a", "a"]), np.zeros((2, 2)), names)
+        datasets.LabelledSet("s", two, np.zeros((2, 2)), names, np.array(["a", "a"]))
     with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
-        datasets.LabelledSet("s", ids, np.zeros((2, 3)), names)
+        datasets.LabelledSet("s", two, np.zeros((2, 3)), names, ids)
+    with pytest.raises(ValueError, match="3 labelled images but its source holds 2"):
+        datasets.LabelledSet("s", two, np.zeros((3, 2)), names, np.array(["a", "b", "c"]))
 
 
 def test_demo_is_deterministic_labelled_and_split():
-    train, again = datasets.demo_labelled(12, "train"), datasets.demo_labelled(12, "train")
-    test = datasets.demo_labelled(12, "test")
+    train, again = datasets.demo_labelled(12), datasets.demo_labelled(12)
+    test = datasets.make_labelled({"source": "demo", "demo_size": 24, "first": 12})
+    # The crops are prefix-stable: the first 12 of 24 are the set of 12.
+    longer = datasets.demo_labelled(24)
+    np.testing.assert_array_equal(longer.source.boxes[:12], train.source.boxes)
+    np.testing.assert_array_equal(test.source.boxes, longer.source.boxes[12:])
     assert train.class_names == test.class_names and len(train.class_names) == 6
     np.testing.assert_array_equal(train.labels, again.labels)
     np.testing.assert_array_equal(train.labels.argmax(axis=1), np.arange(12) % 6)
@@ -350,11 +358,14 @@ def test_make_labelled_from_configs(folder):
     dataset = datasets.make_labelled(config)
     assert dataset.num_examples == 5 and dataset.name == f"folder:{folder}"
     config.max_examples = 3
-    config.name = "tiny"
     subset = datasets.make_labelled(config)
-    assert subset.name == "tiny" and subset.ids.tolist() == dataset.ids[[0, 1, 3]].tolist()
-    demo = datasets.make_labelled({"source": "demo", "split": "test", "num_examples": 6})
-    assert demo.name == "demo/test" and demo.num_examples == 6
+    assert subset.ids.tolist() == dataset.ids[[0, 1, 3]].tolist()  # spread over the classes
+    config.first = 1
+    assert datasets.make_labelled(config).ids.tolist() == dataset.ids[[1, 2, 3]].tolist()
+    with pytest.raises(ValueError, match="first=5 is outside the 5 images"):
+        datasets.make_labelled({**config.to_dict(), "first": 5})
+    demo = datasets.make_labelled({"source": "demo", "demo_size": 12, "first": 6})
+    assert demo.name == "demo/12" and demo.num_examples == 6
     with pytest.raises(ValueError, match="config.data.test.source='imagenet'.*voc07_tfds"):
         datasets.make_labelled({"source": "imagenet"}, config_key="config.data.test")
     with pytest.raises(ValueError, match="config.data.train.path"):

@@ -1,5 +1,6 @@
 """Frozen-feature extraction: the pooling table, input conventions, storage and resumption."""
 
+import functools
 import os
 
 import jax
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import config_lib
+from ssl_jax import config_lib, paths, tasks
 from ssl_jax.evals import features as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,6 +16,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _config(spec):
     return config_lib.load_config(os.path.join(ROOT, spec))
+
+
+def _task(spec):
+    return tasks.create(_config(spec))
 
 
 def _avg_pool_reference(x, kernel, stride, pad):
@@ -83,18 +88,18 @@ EXPECTED = {
 
 @pytest.mark.parametrize("spec", sorted(EXPECTED))
 def test_feature_dims_follow_the_table(spec):
-    config = _config(spec)
-    assert F.feature_dims(config, F.default_size(config.model)) == EXPECTED[spec]
+    task = _task(spec)
+    assert F.feature_dims(task, None, F.default_size(task.config.model)) == EXPECTED[spec]
 
 
 def test_model_inputs_conventions():
     images = np.random.default_rng(3).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
-    jig = _config("configs/jigsaw_r50.py")
-    x = np.asarray(F.model_inputs(jig, jnp.asarray(images)))
-    mean, std = np.asarray(jig.input.mean), np.asarray(jig.input.std)
+    jig = _task("configs/jigsaw_r50.py")
+    x = np.asarray(jig.model_inputs(jnp.asarray(images)))
+    mean, std = np.asarray(jig.config.input.mean), np.asarray(jig.config.input.std)
     np.testing.assert_allclose(x, (images / 255.0 - mean) / std, rtol=1e-5, atol=1e-5)
-    col = _config("configs/colorize_r50.py")
-    lightness = np.asarray(F.model_inputs(col, jnp.asarray(images)))
+    col = _task("configs/colorize_r50.py")
+    lightness = np.asarray(col.model_inputs(jnp.asarray(images)))
     assert lightness.shape == (2, 8, 8, 1)
     from ssl_jax.colorization import quantize_8bit, rgb_to_lab
 
@@ -116,13 +121,10 @@ def tiny(tmp_path_factory):
     """A narrow ResNet-18 Jigsaw config, its variables, and a labelled folder of 21 images."""
     from PIL import Image
 
-    from ssl_jax import tasks
-    from ssl_jax.evals import datasets
+    from ssl_jax.data import labelled
 
-    config = _config("configs/jigsaw_r50.py:runlocal,depth=18,width=0.125")
-    with config.unlocked():
-        config.features = {"layers": ("conv1", "res3", "pool5"), "pooling": "adaptive"}
-    pretext = tasks.build(config)
+    pretext = _task("configs/jigsaw_r50.py:runlocal,depth=18,width=0.125")
+    features = {"layers": ("conv1", "res3", "pool5"), "pooling": "adaptive"}
     variables = pretext.model.init(jax.random.PRNGKey(0), pretext.example_inputs, train=False)
     root = tmp_path_factory.mktemp("labelled")
     rng = np.random.default_rng(4)
@@ -132,48 +134,59 @@ def tiny(tmp_path_factory):
             size = (40 + 3 * i, 30 + 5 * c)
             pixels = rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.jpg")
-    dataset = datasets.make_labelled({"source": "folder", "split": "train", "path": str(root)})
-    return config, F.trunk_variables(variables), dataset
+    dataset = labelled.make_labelled({"source": "folder", "split": "train", "path": str(root)})
+    return pretext, features, F.trunk_variables(variables), dataset
 
 
-def test_extract_matches_direct_forward_and_resumes(tiny, tmp_path):
-    config, variables, dataset = tiny
+def test_extract_matches_direct_forward_and_resumes(tiny, tmp_path, monkeypatch):
+    task, features, variables, dataset = tiny
     out = str(tmp_path / "features")
-    meta = F.extract(config, variables, dataset, out, batch_size=8, size=64, description="w")
+    extract = functools.partial(F.extract, task, features, variables, dataset, out, size=64)
+    meta = extract(batch_size=8, description="w")
     assert meta["num_examples"] == 21 and meta.get("skipped") == 0
     stored = F.load(out)
-    np.testing.assert_array_equal(stored["labels"], dataset.labels)
-    assert stored["ids"] == [str(i) for i in dataset.ids]
+    np.testing.assert_array_equal(stored.labels, dataset.labels)
+    assert stored.ids == [str(i) for i in dataset.ids]
     # The same features as one direct forward pass over the resized images.
     images = np.stack([e["image"] for e in dataset.images(size=64).as_numpy_iterator()])
-    direct = F.make_feature_fn(config, 64)(variables, jnp.asarray(images))
+    direct = F.make_feature_fn(task, features, 64)(variables, jnp.asarray(images))
     for name, value in direct.items():
-        np.testing.assert_allclose(stored["layers"][name], np.asarray(value), rtol=2e-4, atol=1e-5)
-    full = {name: np.array(v) for name, v in stored["layers"].items()}
+        np.testing.assert_allclose(stored.layer(name), np.asarray(value), rtol=2e-4, atol=1e-5)
+    full = {name: stored.layer(name) for name in direct}
+    # A finished extraction of the same weights and data is reused, not redone.
+    first = os.path.join(out, "conv1", f"{0:09d}.npy")
+    written = os.path.getmtime(first)
+    assert extract(batch_size=8, description="w") == paths.read_json(os.path.join(out, "meta.json"))
+    assert os.path.getmtime(first) == written
 
-    # An interruption after the first batch: later rows lost, progress at 8 rows.
-    for name in full:
-        array = np.load(os.path.join(out, f"{name}.npy"), mmap_mode="r+")
-        array[8:] = 0
-        array.flush()
-    F._write_json(os.path.join(out, "progress.json"), {"rows": 8})
+    # Parts of one batch (8 rows): an interruption after the second part loses the third, and
+    # progress says 16 rows; the rerun computes only rows 16-20 again.
+    monkeypatch.setattr(F, "PART_BATCHES", 1)
+    meta = extract(batch_size=8, description="parts")
+    assert meta["part_rows"] == 8
+    for name in (*full, "ok"):
+        os.remove(os.path.join(out, name, f"{16:09d}.npy"))
+    paths.write_json(os.path.join(out, "progress.json"), {"rows": 16})
     with pytest.raises(FileNotFoundError, match="no complete"):
         F.load(out)
-    F.extract(config, variables, dataset, out, batch_size=8, size=64, description="w")
+    before = {name: os.path.getmtime(os.path.join(out, name, f"{8:09d}.npy")) for name in full}
+    extract(batch_size=8, description="parts")
     resumed = F.load(out)
     for name, value in full.items():
-        np.testing.assert_allclose(resumed["layers"][name], value, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(resumed.layer(name), value, rtol=1e-5, atol=1e-6)
+        assert os.path.getmtime(os.path.join(out, name, f"{8:09d}.npy")) == before[name]
 
 
 def test_extract_on_8_devices_matches_1(tiny, tmp_path):
-    config, variables, dataset = tiny
+    task, features, variables, dataset = tiny
     assert jax.device_count() == 8
-    eight = F.extract(config, variables, dataset, str(tmp_path / "a"), batch_size=8, size=64)
+    out = str(tmp_path / "a")
+    eight = F.extract(task, features, variables, dataset, out, batch_size=8, size=64)
     assert eight["num_examples"] == 21
     with jax.default_device(jax.devices()[0]):
-        fn = F.make_feature_fn(config, 64)
+        fn = F.make_feature_fn(task, features, 64)
         images = np.stack([e["image"] for e in dataset.images(size=64).as_numpy_iterator()])
         one = jax.device_get(fn(variables, jnp.asarray(images)))
-    stored = F.load(str(tmp_path / "a"))
+    stored = F.load(out)
     for name, value in one.items():
-        np.testing.assert_allclose(stored["layers"][name], value, rtol=2e-4, atol=1e-5)
+        np.testing.assert_allclose(stored.layer(name), value, rtol=2e-4, atol=1e-5)

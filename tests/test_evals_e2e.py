@@ -30,9 +30,8 @@ def pretrained(tmp_path_factory):
                 "--config.train.log_every=2",
                 "--config.train.checkpoint_every=2",
                 "--config.train.stop_after_steps=4",
-                "--config.evals.voc07_svm.every_steps=4",
-                "--config.evals.voc07_svm.config=configs/evals/voc07_svm.py:runlocal",
-                "--config.evals.voc07_svm.overrides=features.layers=('res4','pool5')",
+                "--config.evals.voc07_svm.every_steps=4",  # on the demo photos, as :runlocal
+                "--config.evals.voc07_svm.features.layers=('res4','pool5')",
             ]
         )
     finally:
@@ -59,9 +58,9 @@ def test_attached_evaluation_logs_map(pretrained):
         r = json.load(f)
     assert set(r["layers"]) == {"res4", "pool5"}
     assert r["pretrained_step"] == 4
-    logged = [m for m in read_metrics(pretrained) if "evals/voc07_svm/res4" in m]
+    logged = [m for m in read_metrics(pretrained) if "voc07_svm/res4" in m]
     assert len(logged) == 1 and logged[0]["step"] == 4
-    assert logged[0]["evals/voc07_svm/res4"] == pytest.approx(100 * r["layers"]["res4"]["mAP"])
+    assert logged[0]["voc07_svm/res4"] == pytest.approx(100 * r["layers"]["res4"]["mAP"])
 
 
 def test_runlocal_probe_logs_per_layer_accuracy(pretrained):
@@ -71,7 +70,7 @@ def test_runlocal_probe_logs_per_layer_accuracy(pretrained):
     for layer in ("conv1", "res2", "res3", "res4", "res5", "pool5"):
         for shots in (1, 5, 10):
             assert 0.0 <= logged[0][f"probe/{layer}/{shots}shot"] <= 100.0
-    assert os.path.isfile(os.path.join(pretrained, "probe", "step_4.json"))
+    assert os.path.isfile(os.path.join(pretrained, "evals", "probe", "step_4", "results.json"))
 
 
 def test_voc07_svm_runlocal_end_to_end(pretrained, tmp_path):
@@ -141,3 +140,26 @@ def test_places205_lowshot_config_needs_paths():
     config = config_lib.load_config(os.path.join(ROOT, "configs/evals/places205_lowshot.py"))
     assert config.data.train.source == "folder" and config.evaluation == "places205_lowshot"
     assert np.isclose(min(config.svm.costs), 1e-7) and len(config.svm.costs) == 26
+
+
+def test_random_init_reads_no_pretraining_data(tmp_path):
+    """The random-init baseline of a Colorization run builds the trunk from the run's config
+    alone: its pretraining data (here a folder that does not exist) is never read and no bin
+    priors are estimated."""
+    from ssl_jax import config_lib
+
+    config = config_lib.load_config(
+        os.path.join(ROOT, "configs/colorize_r50.py:runlocal,depth=18,width=0.125")
+    )
+    missing = str(tmp_path / "no_such_folder")
+    config_lib.apply_overrides(config, [("data.source", "folder"), ("data.path", missing)])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(config.to_json_best_effort())
+    out = str(tmp_path / "svm")
+    rc = _run_eval("configs/evals/voc07_svm.py:runlocal", str(run), out, "--config.random_init=True")
+    assert rc == 0
+    with open(os.path.join(out, "results.json")) as f:
+        r = json.load(f)
+    assert r["random_init"] and r["task"] == "colorization"
+    assert os.listdir(run) == ["config.json"]  # no priors, nothing else

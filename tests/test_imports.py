@@ -1,8 +1,8 @@
 """The model, train-step and evaluation code imports without TensorFlow.
 
 Accelerator machines often carry JAX alone; TensorFlow is needed only where data is read. A
-subprocess with tensorflow and tensorflow_datasets blocked imports the train step, the linear
-evaluation, the SVMs, the benchmarks and the linear-evaluation configs.
+subprocess with tensorflow and tensorflow_datasets blocked imports the entry point, the loop,
+pretraining, the evaluators, the path layer, the benchmarks and the linear-evaluation configs.
 """
 
 import os
@@ -17,7 +17,8 @@ SCRIPT = textwrap.dedent(
     import sys
     sys.modules["tensorflow"] = None
     sys.modules["tensorflow_datasets"] = None
-    import ssl_jax.train.trainer, ssl_jax.tasks, ssl_jax.evals.linear, ssl_jax.evals.svm
+    import ssl_jax.main, ssl_jax.evaluators, ssl_jax.train.pretrain, ssl_jax.train.loop
+    import ssl_jax.tasks, ssl_jax.evals.linear, ssl_jax.evals.svm, ssl_jax.paths
     import benchmarks.train_step, benchmarks.linear, benchmarks.svm, benchmarks.soft_encode
     from ssl_jax import config_lib
     for name in ("imagenet_linear", "places205_linear", "linear"):

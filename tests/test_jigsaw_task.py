@@ -18,8 +18,9 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 def build(name, *overrides):
     c = config_lib.load_config(os.path.join(ROOT, "configs", name) + ":runlocal")
     c = config_lib.apply_overrides(c, list(overrides))
-    tasks.validate(c)
-    return c, tasks.build(c)
+    task = tasks.create(c)
+    task.fit(None)
+    return c, task
 
 
 @pytest.mark.parametrize(

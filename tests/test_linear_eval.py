@@ -11,9 +11,10 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import Mesh
 
-from ssl_jax import config_lib
+from ssl_jax import config_lib, paths, tasks
 from ssl_jax.evals import features as features_lib
 from ssl_jax.evals import linear
+from ssl_jax.evals.base import Weights
 from ssl_jax.models import make_trunk
 from ssl_jax.train import metrics as metrics_lib
 
@@ -55,8 +56,15 @@ def weights():
         lambda x: jnp.asarray(rng.uniform(0.5, 1.5, x.shape), jnp.float32),
         variables["batch_stats"],
     )
-    variables = {"params": variables["params"], "batch_stats": stats}
-    return run_config, variables, "test trunk", 0
+    variables = {"params": {"trunk": variables["params"]}, "batch_stats": {"trunk": stats}}
+    return tasks.create(run_config), Weights(variables, 0, "test trunk")
+
+
+def _evaluate(config, workdir, weights, mesh=None):
+    """Runs the benchmark; returns its results.json."""
+    task, trained = weights
+    linear.LinearBenchmark(config, task, mesh=mesh).run(trained, workdir)
+    return paths.read_json(os.path.join(workdir, "results.json"))
 
 
 def _heads(workdir: str, step: int = STEPS):
@@ -74,15 +82,15 @@ def _losses(workdir: str) -> list[float]:
 def eight_devices(weights, tmp_path_factory):
     """The uninterrupted run on the 8 virtual devices, with host copies of the trunk before."""
     assert jax.device_count() == 8
-    before = jax.tree.map(lambda x: np.array(x, copy=True), weights[1])
+    before = jax.tree.map(lambda x: np.array(x, copy=True), weights[1].variables)
     workdir = str(tmp_path_factory.mktemp("linear8"))
-    results = linear.evaluate(_eval_config(), workdir, weights=weights)
+    results = _evaluate(_eval_config(), workdir, weights)
     return before, workdir, results
 
 
 def test_trunk_bitwise_unchanged(weights, eight_devices):
     before, workdir, _ = eight_devices
-    after = jax.tree.map(np.asarray, weights[1])  # still readable: never donated
+    after = jax.tree.map(np.asarray, weights[1].variables)  # still readable: never donated
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
         np.testing.assert_array_equal(a, b)
     state = _heads(workdir)
@@ -110,7 +118,7 @@ def test_one_device_matches_eight(weights, eight_devices, tmp_path_factory):
     _, workdir8, results8 = eight_devices
     workdir1 = str(tmp_path_factory.mktemp("linear1"))
     mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
-    results1 = linear.evaluate(_eval_config(), workdir1, weights=weights, mesh=mesh)
+    results1 = _evaluate(_eval_config(), workdir1, weights, mesh=mesh)
     np.testing.assert_allclose(_losses(workdir1), _losses(workdir8), rtol=1e-5, atol=1e-6)
     heads1, heads8 = _heads(workdir1), _heads(workdir8)
     for a, b in zip(jax.tree.leaves(heads1), jax.tree.leaves(heads8), strict=True):
@@ -122,9 +130,9 @@ def test_one_device_matches_eight(weights, eight_devices, tmp_path_factory):
 def test_resume_continues_identically(weights, eight_devices, tmp_path_factory):
     _, workdir_full, _ = eight_devices
     workdir = str(tmp_path_factory.mktemp("linear_resume"))
-    linear.evaluate(_eval_config(**{"train.stop_after_steps": 2}), workdir, weights=weights)
+    _evaluate(_eval_config(**{"train.stop_after_steps": 2}), workdir, weights)
     assert _heads(workdir, 2)["step"] == 2
-    linear.evaluate(_eval_config(), workdir, weights=weights)
+    _evaluate(_eval_config(), workdir, weights)
     assert _losses(workdir) == _losses(workdir_full)
     resumed, full = jax.tree.leaves(_heads(workdir)), jax.tree.leaves(_heads(workdir_full))
     for a, b in zip(resumed, full, strict=True):
@@ -141,14 +149,18 @@ def test_resume_continues_identically(weights, eight_devices, tmp_path_factory):
     ],
 )
 def test_head_batchnorm_scale_shift(spec, scale_shift):
-    run_config = _config(spec)
-    assert linear.bn_scale_shift(run_config) is scale_shift
-    heads = linear.LinearHeads(("a",), 10, linear.bn_scale_shift(run_config))
+    task = tasks.create(_config(spec))
+    c = _config("configs/evals/imagenet_linear.py")
+    benchmark = linear.LinearBenchmark(c, task)
+    assert benchmark.scale_shift is scale_shift
+    heads = linear.LinearHeads(("a",), 10, benchmark.scale_shift)
     params = heads.init(jax.random.PRNGKey(0), {"a": jnp.zeros((2, 8))}, train=False)["params"]
     bn = params.get("a_bn", {})
     assert ("scale" in bn and "bias" in bn) is scale_shift
     assert ("a_bn" in params) is scale_shift  # no parameters at all without scale/shift
-    assert linear.bn_scale_shift(run_config, "on") and not linear.bn_scale_shift(run_config, "off")
+    for setting, expected in (("on", True), ("off", False)):
+        c.head.bn_scale_shift = setting
+        assert linear.LinearBenchmark(c, task).scale_shift is expected
 
 
 def test_head_init_normal_001():
@@ -219,12 +231,14 @@ def test_default_recipe_is_the_protocol():
     assert (o.batch_size, o.lr, o.momentum, o.nesterov) == (256, 0.01, 0.9, True)
     assert (o.steps, o.decay_every, o.decay_factor) == (140_000, 40_000, 0.1)
     assert c.data.train.source == "tfds" and c.data.train.name == "imagenet2012"
-    resnet, alexnet = _config("configs/jigsaw_r50.py"), _config("configs/jigsaw_alexnet.py")
-    assert linear.weight_decay(c, resnet) == 1e-4 and linear.weight_decay(c, alexnet) == 5e-4
-    assert linear.input_size(c, resnet) == 224 and linear.input_size(c, alexnet) == 227
-    assert linear.resize_short(c, 224) == 256 and linear.resize_short(c, 227) == 256
-    assert linear.train_augment(c, resnet) == "random_resized_crop"
-    assert linear.train_augment(c, _config("configs/colorize_r50.py")) == "resize_crop"
+    resnet, alexnet, colorize = (
+        linear.LinearBenchmark(c, tasks.create(_config(f"configs/{name}.py")))
+        for name in ("jigsaw_r50", "jigsaw_alexnet", "colorize_r50")
+    )
+    assert resnet.weight_decay == 1e-4 and alexnet.weight_decay == 5e-4
+    assert resnet.input_size == 224 and alexnet.input_size == 227
+    assert resnet.resize_short == 256 and alexnet.resize_short == 256
+    assert resnet.augment == "random_resized_crop" and colorize.augment == "resize_crop"
 
 
 def test_config_arguments(tmp_path):
@@ -237,15 +251,17 @@ def test_config_arguments(tmp_path):
 
 
 def test_errors_name_value_and_key(weights, tmp_path):
-    run_config = weights[0]
+    task = weights[0]
     with pytest.raises(config_lib.ConfigError, match=r"config.features.layers.*'fc7'"):
-        linear.check_settings(_eval_config(**{"features.layers": "('res4','fc7')"}), run_config)
+        linear.LinearBenchmark(_eval_config(**{"features.layers": "('res4','fc7')"}), task)
     with pytest.raises(config_lib.ConfigError, match=r"config.optim.batch_size=12 .*8 devices"):
-        linear.check_settings(_eval_config(**{"optim.batch_size": 12}), run_config)
+        linear.LinearBenchmark(_eval_config(**{"optim.batch_size": 12}), task)
     with pytest.raises(config_lib.ConfigError, match="config.input.train_augment='jitter'"):
-        linear.check_settings(_eval_config(**{"input.train_augment": "jitter"}), run_config)
+        linear.LinearBenchmark(_eval_config(**{"input.train_augment": "jitter"}), task)
     with pytest.raises(config_lib.ConfigError, match="config.head.bn_scale_shift='yes'"):
-        linear.check_settings(_eval_config(**{"head.bn_scale_shift": "yes"}), run_config)
+        linear.LinearBenchmark(_eval_config(**{"head.bn_scale_shift": "yes"}), task)
+    with pytest.raises(config_lib.ConfigError, match="config.data.train.source='voc'"):
+        linear.LinearBenchmark(_eval_config(**{"data.train.source": "voc"}), task)
     # A flat folder has no labels; the error names the split's config key and the path.
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -254,18 +270,18 @@ def test_errors_name_value_and_key(weights, tmp_path):
     Image.new("RGB", (8, 8)).save(flat / "a.png")
     config = _eval_config()
     config.data.train.source, config.data.train.path = "folder", str(flat)
-    with pytest.raises(ValueError, match=r"no labels \(config.data.train.path="):
-        linear.evaluate(config, str(tmp_path / "run"), weights=weights)
+    with pytest.raises(ValueError, match=r"config.data.train.path=.*have no label"):
+        _evaluate(config, str(tmp_path / "run"), weights)
     config.data.train.path = str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="config.data.train.path="):
-        linear.evaluate(config, str(tmp_path / "run"), weights=weights)
+        _evaluate(config, str(tmp_path / "run"), weights)
 
 
 def test_pooled_features_come_from_features_module(weights):
     """The heads see exactly features.make_feature_fn's pooled taps (shared code path)."""
     c = _eval_config()
-    feature_config = linear._feature_config(c, weights[0])
-    dims = features_lib.feature_dims(feature_config, 32)
-    fn = features_lib.make_feature_fn(feature_config, 32)
-    out = fn(weights[1], jnp.zeros((2, 32, 32, 3), jnp.uint8))
+    task, trained = weights
+    dims = features_lib.feature_dims(task, c.features, 32)
+    fn = features_lib.make_feature_fn(task, c.features, 32)
+    out = fn(features_lib.trunk_variables(trained.variables), jnp.zeros((2, 32, 32, 3), jnp.uint8))
     assert {k: v.shape[1] for k, v in out.items()} == dims

@@ -176,6 +176,6 @@ def test_colorization_demo(tmp_path):
     first = np.mean([r["loss"] for r in rows[:3]])
     last = np.mean([r["loss"] for r in rows[-3:]])
     assert last < first - 1.0, (first, last)
-    assert os.path.isfile(workdir / "samples" / "step_00000384.png")
+    assert os.path.isfile(workdir / "evals" / "samples" / "step_384" / "picture.png")
     assert os.path.isfile(workdir / "colorization_priors.npy")
     print(f"colorization demo: {seconds:.0f} s, loss {first:.3f} -> {last:.3f}")

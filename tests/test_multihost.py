@@ -28,7 +28,7 @@ import pytest
 
 from ssl_jax import data as data_lib
 from ssl_jax.train import checkpoint as ckpt_lib
-from ssl_jax.train import trainer
+from ssl_jax.train import state as state_lib
 from ssl_jax.train.metrics import read_metrics
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -182,7 +182,7 @@ def test_each_process_reads_only_its_shard(runs):
     np.testing.assert_array_equal(saved, [[0, FIRST_STEPS * batch // 2 - 1]] * 2)
     np.testing.assert_array_equal(saved, positions(runs[0], FIRST_STEPS))
 
-    config = trainer.load_run_config(w2)
+    config = state_lib.load_run_config(w2)
     source = data_lib.make_source(config.data)
     read = []
     for p in (0, 1):
@@ -235,10 +235,9 @@ def test_restore_onto_one_process(runs):
 
     # Read here by one process, the two-process checkpoint holds that run's step-4 state: it is
     # far closer to the reference's step 4 than to its own step 2.
-    config = trainer.load_run_config(w2)
-    _, step, restored = trainer.restore_variables(config, w2, FIRST_STEPS)
-    _, _, earlier = trainer.restore_variables(config, w2, FIRST_STEPS - 2)
-    _, _, reference = trainer.restore_variables(config, w1, FIRST_STEPS)
+    _, _, step, restored = state_lib.restore_variables(w2, FIRST_STEPS)
+    _, _, _, earlier = state_lib.restore_variables(w2, FIRST_STEPS - 2)
+    _, _, _, reference = state_lib.restore_variables(w1, FIRST_STEPS)
     assert step == FIRST_STEPS
 
     def distance(a, b):

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from gcs import gcs_bucket  # noqa: F401  (the emulator; may move to conftest.py)
 
 from ssl_jax import paths
 
@@ -90,7 +89,7 @@ def test_append(root):
     assert paths.read_bytes(paths.join(root, "b.bin")) == b"xy"
 
 
-def test_an_object_write_that_raises_uploads_nothing(gcs_bucket):  # noqa: F811
+def test_an_object_write_that_raises_uploads_nothing(gcs_bucket):
     path = f"{gcs_bucket}/raises-{uuid.uuid4().hex[:8]}/x.txt"
     paths.write_text(path, "old")
     for mode, data in (("w", "new"), ("wb", b"new"), ("a", "more")):
@@ -179,7 +178,7 @@ def test_remove_and_rmtree(root):
     paths.rmtree(paths.join(root, "missing"), missing_ok=True)
 
 
-def test_rmtree_refuses_a_bucket(gcs_bucket):  # noqa: F811
+def test_rmtree_refuses_a_bucket(gcs_bucket):
     with pytest.raises(ValueError, match="whole bucket"):
         paths.rmtree(gcs_bucket)
 
@@ -195,7 +194,7 @@ def test_replace(root):
         paths.replace(src, dst)
 
 
-def test_replace_between_a_local_disk_and_a_bucket(tmp_path, gcs_bucket):  # noqa: F811
+def test_replace_between_a_local_disk_and_a_bucket(tmp_path, gcs_bucket):
     local, remote = str(tmp_path / "x.txt"), f"{gcs_bucket}/cross-{uuid.uuid4().hex[:8]}/x.txt"
     paths.write_text(local, "x")
     paths.replace(local, remote)
@@ -220,7 +219,7 @@ def test_missing_files_name_the_path(root):
     assert not paths.exists(path) and not paths.isfile(path) and not paths.isdir(path)
 
 
-def test_emulator_settings(gcs_bucket):  # noqa: F811
+def test_emulator_settings(gcs_bucket):
     host = paths.configure()
     assert host == os.environ["STORAGE_EMULATOR_HOST"]
     assert os.environ["TENSORSTORE_GCS_HTTP_URL"] == host
@@ -232,7 +231,7 @@ def test_emulator_settings(gcs_bucket):  # noqa: F811
     assert paths.read_text(f"{gcs_bucket}/epath/x.txt") == "x"
 
 
-def test_the_emulator_answers_tensorstore_as_gcs_does(gcs_bucket):  # noqa: F811
+def test_the_emulator_answers_tensorstore_as_gcs_does(gcs_bucket):
     """The two fixes tests/gcs.py makes to the emulator: generations on reads, listing ranges."""
     import tensorstore as ts
 
@@ -353,7 +352,7 @@ def test_tensorboard_events(root, tmp_path):
     assert scalars["lr"] == [(1, pytest.approx(0.1))]
 
 
-def test_tensorboard_events_roll_over_to_new_files_on_an_object_store(gcs_bucket, tmp_path):  # noqa: F811
+def test_tensorboard_events_roll_over_to_new_files_on_an_object_store(gcs_bucket, tmp_path):
     logdir = f"{gcs_bucket}/tb-{uuid.uuid4().hex[:8]}"
     writer = paths.summary_writer(logdir, flush_secs=0.0, max_file_bytes=300)
     for step in range(10):
@@ -366,7 +365,7 @@ def test_tensorboard_events_roll_over_to_new_files_on_an_object_store(gcs_bucket
     assert _read_scalars(str(tmp_path))["loss"] == [(s, float(s)) for s in range(10)]
 
 
-def test_a_fresh_process(tmp_path, gcs_bucket):  # noqa: F811
+def test_a_fresh_process(tmp_path, gcs_bucket):
     """In a new interpreter: etils.epath used on a local path before anything else (it then
     decides, once, whether gs:// goes through TensorFlow) still lets orbax's epath reach the
     emulator; and local paths, gs://, orbax's directory and TensorBoard events import no TF."""

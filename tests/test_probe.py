@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
 
-from ssl_jax import config_lib
+from ssl_jax import config_lib, evaluators, tasks
 from ssl_jax.evals import probe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,16 +51,24 @@ def test_sample_shots():
 
 def test_probe_config_checks():
     config = config_lib.load_config(os.path.join(ROOT, "configs/jigsaw_r50.py"))
-    assert not probe.enabled(config)  # off by default outside :runlocal
-    probe.check_config(config)
+    task = tasks.create(config)
+    attached = evaluators.attached(config, task)
+    assert "probe" not in [label for label, _, _ in attached]  # off outside :runlocal
     with config.unlocked():
         config.evals.probe.every_steps = config.train.checkpoint_every
-    with pytest.raises(config_lib.ConfigError, match="probe.data.train.path"):
-        probe.check_config(config)
+    with pytest.raises(config_lib.ConfigError, match=r"config.evals.probe.data.train.path"):
+        evaluators.attached(config, task)
     with config.unlocked():
         config.evals.probe.every_steps = config.train.checkpoint_every + 1
-    with pytest.raises(config_lib.ConfigError, match="multiple"):
-        probe.check_config(config)
+    with pytest.raises(config_lib.ConfigError, match="config.evals.probe.every_steps.*multiple"):
+        evaluators.attached(config, task)
+    with config.unlocked():
+        config.evals.probe.every_steps = -1
+        config.evals.probe.data.train.path = config.evals.probe.data.test.path = "/data"
+    ((label, every, probe_evaluator),) = evaluators.attached(config, task)
+    assert (label, every) == ("probe", config.train.checkpoint_every)  # -1: every checkpoint
+    assert isinstance(probe_evaluator, probe.Probe)
     local = config_lib.load_config(os.path.join(ROOT, "configs/colorize_r50.py:runlocal"))
-    assert probe.enabled(local) and local.evals.probe.data.train.source == "demo"
-    probe.check_config(local)
+    attached = {label: every for label, every, _ in evaluators.attached(local, tasks.create(local))}
+    assert attached == {"probe": 3 * local.train.checkpoint_every, "samples": 128}
+    assert local.evals.probe.data.train.source == "demo"

@@ -13,7 +13,8 @@ from ssl_jax import config_lib, tasks
 from ssl_jax.evals import features as features_lib
 from ssl_jax.supervised import task as supervised
 from ssl_jax.train import metrics as metrics_lib
-from ssl_jax.train import trainer
+from ssl_jax.train import state as state_lib
+from ssl_jax.train.pretrain import pretrain
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -72,11 +73,11 @@ def test_refuses_data_without_labels_or_with_other_classes(tmp_path):
     flat = _folder(tmp_path / "flat", ["a.jpg", "b.jpg"])
     c = config(("data.source", "folder"), ("data.path", flat), ("supervised.num_classes", "2"))
     with pytest.raises(config_lib.ConfigError, match="needs labelled images"):
-        tasks.check_source(c, data_lib.make_source(c.data))
+        tasks.create(c).check_source(data_lib.make_source(c.data))
     three = _folder(tmp_path / "three", ["x/a.jpg", "y/b.jpg", "z/c.jpg"])
     c = config(("data.source", "folder"), ("data.path", three), ("supervised.num_classes", "10"))
     with pytest.raises(config_lib.ConfigError, match="num_classes=3"):
-        tasks.check_source(c, data_lib.make_source(c.data))
+        tasks.create(c).check_source(data_lib.make_source(c.data))
     with pytest.raises(config_lib.ConfigError, match="supervised.num_classes"):
         tasks.validate(config(("supervised.num_classes", "1")))
 
@@ -84,7 +85,9 @@ def test_refuses_data_without_labels_or_with_other_classes(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("supervised")
-    trainer.train(config(), str(workdir))
+    with open(workdir / "config.json", "w") as f:  # as ssl_jax.main writes it
+        f.write(config().to_json_best_effort())
+    pretrain(config(), str(workdir))
     return workdir
 
 
@@ -98,13 +101,11 @@ def test_tiny_run_learns_the_demo_labels(trained):
 
 
 def test_trunk_feeds_the_feature_extractor(trained):
-    c = config()
-    _, step, restored = trainer.restore_variables(c, str(trained))
-    with c.unlocked():
-        c.features = {"pooling": "adaptive"}  # 32-pixel inputs: the table's windows need 224
+    _, task, step, restored = state_lib.restore_variables(str(trained))
     assert step == 96
     trunk = features_lib.trunk_variables(restored)
-    feature_fn = features_lib.make_feature_fn(c, 32)
+    # 32-pixel inputs: the table's windows need 224.
+    feature_fn = features_lib.make_feature_fn(task, {"pooling": "adaptive"}, 32)
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8))
     out = jax.device_get(feature_fn(trunk, images))
     assert set(out) >= {"res5", "pool5"} and all(np.isfinite(v).all() for v in out.values())

@@ -16,8 +16,9 @@ from test_svm import straight_protocol
 
 from ssl_jax import config_lib
 from ssl_jax import main as main_lib
-from ssl_jax.evals import datasets, svm
+from ssl_jax.data import labelled
 from ssl_jax.evals import features as F
+from ssl_jax.evals import svm
 
 pytestmark = pytest.mark.slow
 
@@ -42,29 +43,27 @@ def cifar_features(cifar10_dir, tmp_path_factory):
         ]
     )
     assert rc == 0
-    from ssl_jax import tasks
-    from ssl_jax.train import trainer
+    from ssl_jax.train import state as state_lib
 
-    config = trainer.load_run_config(workdir)
-    config.features = {"layers": ("res3", "pool5"), "pooling": "adaptive"}
-    _, _, trained = trainer.restore_variables(config, workdir)
-    pretext = tasks.build(config)
+    features = {"layers": ("res3", "pool5"), "pooling": "adaptive"}
+    _, pretext, _, trained = state_lib.restore_variables(workdir)
     random = pretext.model.init(jax.random.PRNGKey(1), pretext.example_inputs, train=False)
-    train = datasets.single_label("folder", os.path.join(cifar10_dir, "train"))
-    test = datasets.single_label("folder", os.path.join(cifar10_dir, "test"))
-    train = train.take(datasets.spread_positions(train.num_examples, 600))
-    test = test.take(datasets.spread_positions(test.num_examples, 400))
+    train = labelled.single_label("folder", os.path.join(cifar10_dir, "train"))
+    test = labelled.single_label("folder", os.path.join(cifar10_dir, "test"))
+    train = train.subset(0, 600)
+    test = test.subset(0, 400)
     out = {}
     for name, variables in (("jigsaw", trained), ("random", random)):
         split = {}
         for which, dataset in (("train", train), ("test", test)):
             d = str(tmp_path_factory.mktemp(f"{name}_{which}"))
-            F.extract(config, F.trunk_variables(variables), dataset, d, batch_size=40, size=64)
+            trunk = F.trunk_variables(variables)
+            F.extract(pretext, features, trunk, dataset, d, batch_size=40, size=64)
             split[which] = F.load(d)
         for layer in ("res3", "pool5"):
             out[(name, layer)] = (
-                np.asarray(split["train"]["layers"][layer]), split["train"]["labels"],
-                np.asarray(split["test"]["layers"][layer]), split["test"]["labels"],
+                split["train"].layer(layer), split["train"].labels,
+                split["test"].layer(layer), split["test"].labels,
             )  # fmt: skip
     return out
 

@@ -10,8 +10,10 @@ import pytest
 from jax.sharding import Mesh
 
 from ssl_jax import config_lib, tasks
-from ssl_jax.train import InputPipelineError, TrainingDiverged, checkpoint, optim, trainer
+from ssl_jax.train import checkpoint, loop, optim
 from ssl_jax.train import metrics as metrics_lib
+from ssl_jax.train.loop import InputPipelineError, TrainingDiverged
+from ssl_jax.train.pretrain import pretrain
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -69,7 +71,7 @@ def saved_state(workdir, step=None):
 
 def initial_variables(config):
     """params and batch_stats as the trainer initialises them (same seed, same example inputs)."""
-    pretext = tasks.build(config, None)
+    pretext = tasks.create(config)
     variables = pretext.model.init(
         jax.random.PRNGKey(config.seed), pretext.example_inputs, train=False
     )
@@ -98,7 +100,7 @@ def assert_close_relative_to_training(a, b, start, rel):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    trainer.train(tiny_config(("train.stop_after_steps", "8")), str(workdir))
+    pretrain(tiny_config(("train.stop_after_steps", "8")), str(workdir))
     return workdir
 
 
@@ -115,12 +117,12 @@ def test_metrics_and_checkpoints(uninterrupted):
 
 
 def test_resume_matches_uninterrupted(uninterrupted, tmp_path):
-    trainer.train(tiny_config(("train.stop_after_steps", "4")), str(tmp_path))
+    pretrain(tiny_config(("train.stop_after_steps", "4")), str(tmp_path))
     assert [r["step"] for r in rows(tmp_path)] == [2, 4]
     # A stale row past the checkpoint, as a killed run would leave behind, is dropped on resume.
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 6, "loss": 123.0}) + "\n")
-    trainer.train(tiny_config(("train.stop_after_steps", "8")), str(tmp_path))
+    pretrain(tiny_config(("train.stop_after_steps", "8")), str(tmp_path))
     same_curves(rows(uninterrupted), rows(tmp_path))
     # The whole final state, bit for bit (one machine, same programs, same batches): a resume
     # that lost, say, the BN running statistics would still log the same losses.
@@ -148,11 +150,9 @@ def test_eight_devices_match_one(tmp_path, monkeypatch):
         ("train.log_every", "1"),
         ("train.checkpoint_every", "1"),
     ]
-    trainer.train(tiny_config(*extra), str(tmp_path / "eight"))
-    monkeypatch.setattr(
-        trainer, "make_mesh", lambda: Mesh(np.asarray(jax.devices()[:1]), ("data",))
-    )
-    trainer.train(tiny_config(*extra), str(tmp_path / "one"))
+    pretrain(tiny_config(*extra), str(tmp_path / "eight"))
+    monkeypatch.setattr(loop, "make_mesh", lambda: Mesh(np.asarray(jax.devices()[:1]), ("data",)))
+    pretrain(tiny_config(*extra), str(tmp_path / "one"))
     eight, one = rows(tmp_path / "eight"), rows(tmp_path / "one")
     assert [r["step"] for r in eight] == [1, 2]
     same_curves(eight, one)
@@ -177,7 +177,7 @@ def test_divergence_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(optim, "make_schedule", exploding)
     with pytest.raises(TrainingDiverged, match="last good checkpoint is step 4"):
-        trainer.train(tiny_config(("train.stop_after_steps", "8")), str(tmp_path))
+        pretrain(tiny_config(("train.stop_after_steps", "8")), str(tmp_path))
     steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
     assert steps == [4]
 
@@ -192,7 +192,7 @@ def test_batch_must_split_over_devices():
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
     if mesh.size > 1:
         with pytest.raises(config_lib.ConfigError, match="batch_size=3"):
-            trainer.check_batch(3, mesh)
+            loop.local_batch_size(3, mesh)
 
 
 def test_unreadable_data_stops_with_a_message(tmp_path):
@@ -203,4 +203,4 @@ def test_unreadable_data_stops_with_a_message(tmp_path):
         (images / f"{i}.jpg").write_bytes(os.urandom(100))
     config = tiny_config(("data.source", "folder"), ("data.path", str(images)))
     with pytest.raises(InputPipelineError, match="input pipeline failed before step 1.*decode"):
-        trainer.train(config, str(tmp_path / "work"))
+        pretrain(config, str(tmp_path / "work"))

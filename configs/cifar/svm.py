@@ -22,16 +22,17 @@ Arguments (after a colon, comma-separated):
 
 import os
 
-from ssl_jax import config_defaults, config_lib
+from ssl_jax import config_lib
+from ssl_jax.evals import base, svm_benchmark
 from ssl_jax.sweep import CIFAR10
 
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, data=CIFAR10, size=64, solver="sklearn", train_images=2000)
-    c = config_defaults.svm_evaluation("voc07_svm")
+    c = svm_benchmark.defaults("voc07_svm")
     c.svm.solver = arg.solver
-    c.data.train = config_defaults.labelled_data("folder", "train", os.path.join(arg.data, "train"))
-    c.data.test = config_defaults.labelled_data("folder", "test", os.path.join(arg.data, "test"))
+    c.data.train = base.labelled_split("folder", "train", os.path.join(arg.data, "train"))
+    c.data.test = base.labelled_split("folder", "test", os.path.join(arg.data, "test"))
     c.data.train.max_examples = arg.train_images
     c.features.size = arg.size
     c.features.pooling = "adaptive"

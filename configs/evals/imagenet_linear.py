@@ -20,12 +20,12 @@ Arguments (after a colon, comma-separated):
       --config.pretrained=W --workdir=/tmp/imagenet_linear_demo
 """
 
-from ssl_jax import config_defaults, config_lib
-from ssl_jax.evals import linear_config
+from ssl_jax import config_lib
+from ssl_jax.evals import linear
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, **linear_config.ARGS)
-    c = config_defaults.linear_evaluation()  # TFDS imagenet2012 train -> validation
-    linear_config.apply_args(c, arg)
+    arg = config_lib.parse_arg(arg, **linear.ARGS)
+    c = linear.defaults()  # TFDS imagenet2012 train -> validation
+    linear.apply_args(c, arg)
     return c

@@ -26,12 +26,12 @@ CIFAR-10 as 32-pixel JPEGs in class folders, upscaled to 64 pixels, 1500 steps o
       --config.optim.steps=1500 --config.optim.decay_every=1000
 """
 
-from ssl_jax import config_defaults, config_lib
-from ssl_jax.evals import linear_config
+from ssl_jax import config_lib
+from ssl_jax.evals import linear
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, **linear_config.ARGS)
-    c = config_defaults.linear_evaluation()
-    linear_config.apply_args(c, arg)
+    arg = config_lib.parse_arg(arg, **linear.ARGS)
+    c = linear.defaults()
+    linear.apply_args(c, arg)
     return c

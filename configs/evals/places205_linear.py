@@ -32,15 +32,15 @@ Arguments (after a colon, comma-separated):
       --config.optim.decay_every=1000 --config.optim.batch_size=64 --config.features.size=64
 """
 
-from ssl_jax import config_defaults, config_lib
-from ssl_jax.evals import linear_config
+from ssl_jax import config_lib
+from ssl_jax.evals import base, linear
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, **linear_config.ARGS)
-    c = config_defaults.linear_evaluation()
+    arg = config_lib.parse_arg(arg, **linear.ARGS)
+    c = linear.defaults()
     # Without train/test arguments the paths stay empty and the run says which field to set.
-    c.data.train = linear_config.split_config("filelist", split="train")
-    c.data.test = linear_config.split_config("filelist", split="val")
-    linear_config.apply_args(c, arg)
+    c.data.train = base.labelled_split("filelist", "train")
+    c.data.test = base.labelled_split("filelist", "val")
+    linear.apply_args(c, arg)
     return c

@@ -11,18 +11,19 @@ full val set, at the cost with the best mean test mAP (test-selected, as the pap
 Arguments: runlocal, solver=jax, filelist (both paths are file lists), train=P,test=P.
 """
 
-from ssl_jax import config_defaults, config_lib
+from ssl_jax import config_lib
+from ssl_jax.evals import base, svm_benchmark
 
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(
         arg, runlocal=False, solver="sklearn", filelist=False, train="", test=""
     )
-    c = config_defaults.svm_evaluation("places205_lowshot")
+    c = svm_benchmark.defaults("places205_lowshot")
     c.svm.solver = arg.solver
     source = "filelist" if arg.filelist else "folder"
-    c.data.train = config_defaults.labelled_data(source, "train", arg.train)
-    c.data.test = config_defaults.labelled_data(source, "val", arg.test)
+    c.data.train = base.labelled_split(source, "train", arg.train)
+    c.data.test = base.labelled_split(source, "val", arg.test)
     if arg.runlocal:
-        config_defaults.runlocal_evaluation(c)
+        svm_benchmark.runlocal(c)
     return c

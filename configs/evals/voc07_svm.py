@@ -24,14 +24,12 @@ Arguments (after a colon, comma-separated):
       --workdir=/tmp/voc07_demo
 """
 
-from ssl_jax import config_defaults, config_lib
+from ssl_jax import config_lib
+from ssl_jax.evals import svm_benchmark
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, **config_defaults.SVM_ARGS)
-    c = config_defaults.svm_evaluation("voc07_svm")
-    c.svm.solver = arg.solver
-    config_defaults.svm_data_from_args(c, arg)
-    if arg.runlocal:
-        config_defaults.runlocal_evaluation(c)
+    arg = config_lib.parse_arg(arg, **svm_benchmark.ARGS)
+    c = svm_benchmark.defaults("voc07_svm")
+    svm_benchmark.apply_args(c, arg)
     return c

@@ -23,11 +23,13 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
+from ssl_jax import config_lib, paths, tasks  # noqa: E402
+from ssl_jax.colorization import picture, predict  # noqa: E402
+from ssl_jax.colorization import task as task_lib  # noqa: E402
+from ssl_jax.train import state as state_lib  # noqa: E402
+
 
 def _priors(args, overrides) -> int:
-    from ssl_jax import config_lib, tasks
-    from ssl_jax.colorization import task
-
     config = config_lib.load_config(args.config)
     config_lib.apply_overrides(config, overrides)
     tasks.validate(config)
@@ -36,8 +38,8 @@ def _priors(args, overrides) -> int:
             f"{args.config} is a config.task={config.task!r} config; priors need a "
             "colorization config, e.g. configs/colorize_r50.py."
         )
-    priors, summary = task.estimate_priors(config, args.images)
-    task.save_priors(args.out, priors, summary)
+    priors, summary = task_lib.estimate_priors(config, args.images)
+    task_lib.save_priors(args.out, priors, summary)
     print(
         f"Wrote {args.out}: priors of {summary['bins_seen']} of 313 bins seen in "
         f"{summary['colour_images']} colour images ({summary['images']} read)."
@@ -46,19 +48,14 @@ def _priors(args, overrides) -> int:
 
 
 def _show(args) -> int:
-    from ssl_jax.colorization import predict, task
-    from ssl_jax.train import trainer
-
-    config = trainer.load_run_config(args.workdir)
-    if config.task != "colorization":
-        raise ValueError(f"{args.workdir} is a {config.task!r} run, not a colorization run.")
+    _, task, step, variables = state_lib.restore_variables(args.workdir, args.step)
+    config = picture.defaults()
+    config.images = args.num
     if args.temperature is not None:
-        config.colorization.temperature = args.temperature
-    pretext, step, variables = trainer.restore_variables(config, args.workdir, args.step)
-    picture = task.make_picture(pretext.model, config.colorization)
-    rows = picture(variables, task.sample_images(config, args.num))
-    out = args.out or os.path.join(args.workdir, "samples", f"show_step_{step:08d}.png")
-    predict.write_grid(rows, out)
+        config.temperature = args.temperature
+    out = args.out or paths.join(args.workdir, "samples", f"show_step_{step:08d}.png")
+    drawn = picture.Picture(config, task).draw(variables)
+    predict.write_grid(drawn, out)
     print(f"Wrote {out}: grayscale input | prediction | ground truth, step {step}.")
     return 0
 
@@ -91,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("absl", "orbax", "jax._src", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    from ssl_jax import config_lib
 
     try:
         if args.command == "priors":

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import io
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from ssl_jax import fileio
+from ssl_jax import paths
 from ssl_jax.colorization.bins import ab_bins
 from ssl_jax.colorization.lab import lab_to_rgb
 
@@ -74,10 +74,7 @@ def write_grid(rows: list[tuple[np.ndarray, ...]], path: str, gap: int = 4) -> s
         for c, image in enumerate(row):
             y, x = gap + r * (height + gap), gap + c * (width + gap)
             canvas[y : y + height, x : x + width] = image
-    if fileio.is_url(path):
-        with fileio.open_file(path, "wb") as f:
-            Image.fromarray(canvas).save(f, format="PNG")
-    else:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        Image.fromarray(canvas).save(path)
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, format="PNG")
+    paths.write_bytes(path, buffer.getvalue())
     return path

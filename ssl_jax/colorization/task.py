@@ -15,7 +15,6 @@ with no |a| or |b| above ``gray_threshold`` anywhere are left out.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -25,13 +24,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
-from ssl_jax import config_lib, fileio
-from ssl_jax.colorization import encode, predict
+from ssl_jax import config_lib, paths
+from ssl_jax.colorization import encode
 from ssl_jax.colorization.bins import NUM_BINS
 from ssl_jax.colorization.lab import quantize_8bit, rgb_to_lab
 from ssl_jax.models import make_trunk
-from ssl_jax.tasks import Pretext, compute_dtype
+from ssl_jax.pretext import compute_dtype
 
 PRIORS_FILE = "colorization_priors.npy"
 _FEATURE_TAP = {"resnet": "res5", "alexnet": "conv5"}
@@ -47,29 +47,7 @@ SCHEMA = {
     "colorization.gray_threshold": config_lib.non_negative(),
     "colorization.target_stride": config_lib.in_range(1, 64, integer=True),
     "colorization.quantize": config_lib.one_of(True, False),
-    "colorization.temperature": config_lib.positive(),
-    "colorization.samples": config_lib.in_range(0, 64, integer=True),
 }
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-    col = config.colorization
-    if config.input.crop < 2 * col.target_stride:
-        raise config_lib.ConfigError(
-            f"config.input.crop={config.input.crop} leaves no target grid at "
-            f"config.colorization.target_stride={col.target_stride}."
-        )
-    if config.model.name == "alexnet" and config.model.get("alexnet_variant") != "colorization":
-        raise config_lib.ConfigError(
-            f"config.model.alexnet_variant={config.model.alexnet_variant!r}: Colorization trains "
-            "the 'colorization' AlexNet (conv1 stride 4, BN after every conv)."
-        )
-    if col.priors_file and not fileio.isfile(col.priors_file):
-        raise config_lib.ConfigError(
-            f"config.colorization.priors_file={col.priors_file!r} does not exist; make one with "
-            "`python -m ssl_jax.colorization priors --config=... --out=FILE`, or leave it empty "
-            "to estimate the priors from the pretraining data."
-        )
 
 
 class ColorizationNet(nn.Module):
@@ -164,9 +142,7 @@ def count_bins(config: ml_collections.ConfigDict, num_images: int, batch_size: i
     Returns:
       (counts float64 (313,), images read, colour images among them), summed over processes.
     """
-    from jax.experimental import multihost_utils
-
-    from ssl_jax import data as data_lib
+    from ssl_jax import data as data_lib  # TensorFlow: only where data is read
 
     col = config.colorization
     source = data_lib.make_source(config.data)
@@ -230,17 +206,13 @@ def estimate_priors(config: ml_collections.ConfigDict, num_images: int | None = 
 
 
 def save_priors(path: str, priors: np.ndarray, summary: dict) -> None:
-    if not fileio.is_url(path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with fileio.open_file(path, "wb") as f:
-        np.save(f, np.asarray(priors, np.float64))
-    with fileio.open_file(os.path.splitext(path)[0] + ".json", "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    """Writes the priors (``path``, .npy) and their summary (same name, .json)."""
+    paths.save_npy(path, np.asarray(priors, np.float64))
+    paths.write_json(os.path.splitext(path)[0] + ".json", summary)
 
 
 def load_priors(path: str) -> np.ndarray:
-    with fileio.open_file(path, "rb") as f:
-        priors = np.load(f)
+    priors = paths.load_npy(path)
     if not encode.is_bin_distribution(priors):
         raise config_lib.ConfigError(
             f"{path} does not hold {NUM_BINS} finite non-negative priors with a positive sum "
@@ -256,8 +228,8 @@ def run_priors(config: ml_collections.ConfigDict, workdir: str | None) -> np.nda
     col = config.colorization
     if col.priors_file:
         return load_priors(col.priors_file)
-    stored = fileio.join(workdir, PRIORS_FILE) if workdir else None
-    if stored and fileio.isfile(stored):
+    stored = paths.join(workdir, PRIORS_FILE) if workdir else None
+    if stored and paths.isfile(stored):
         return load_priors(stored)
     logging.info("Estimating the ab priors from %d pretraining images", col.prior_images)
     priors, summary = estimate_priors(config)
@@ -273,75 +245,71 @@ def run_priors(config: ml_collections.ConfigDict, workdir: str | None) -> np.nda
     return priors
 
 
-# ---------------------------------------------------------------------------------------------
-# What the model learned: a grid of grayscale input / prediction / ground truth.
+class Colorization:
+    """The Colorization task (``ssl_jax.pretext.Pretext``): L in, soft-encoded ab bins out."""
 
+    name = "colorization"
+    schema = SCHEMA
 
-def sample_images(config: ml_collections.ConfigDict, num: int) -> np.ndarray:
-    """A fixed set of ``num`` uint8 crops (num, H, W, 3) of the pretraining data, for pictures."""
-    from ssl_jax import data as data_lib
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        col = config.colorization
+        if config.input.crop < 2 * col.target_stride:
+            raise config_lib.ConfigError(
+                f"config.input.crop={config.input.crop} leaves no target grid at "
+                f"config.colorization.target_stride={col.target_stride}."
+            )
+        if config.model.name == "alexnet" and config.model.get("alexnet_variant") != "colorization":
+            raise config_lib.ConfigError(
+                f"config.model.alexnet_variant={config.model.alexnet_variant!r}: Colorization "
+                "trains the 'colorization' AlexNet (conv1 stride 4, BN after every conv)."
+            )
+        if col.priors_file and not paths.isfile(col.priors_file):
+            raise config_lib.ConfigError(
+                f"config.colorization.priors_file={col.priors_file!r} does not exist; make one "
+                "with `python -m ssl_jax.colorization priors --config=... --out=FILE`, or leave it "
+                "empty to estimate the priors from the pretraining data."
+            )
+        dtype = compute_dtype(config.model.dtype)
+        self.model = ColorizationNet(
+            trunk=make_trunk(config.model, dtype),
+            feature_tap=_FEATURE_TAP[config.model.name],
+            target_stride=col.target_stride,
+            dtype=dtype,
+        )
+        crop = config.input.crop
+        self.example_inputs = np.zeros((2, crop, crop, 1), np.float32)
+        self.rows_per_image = 1
+        self.trunk_input = ("config.input.crop", crop)
+        self.input_channels = 1
+        self.linear_augment = "resize_crop"
+        self.linear_bn_scale_shift = config.model.name == "resnet"
+        self.class_weights = None  # (313,) rebalancing weights, set by fit() when rebalancing
+        self._fitted = False
 
-    batches = data_lib.pretrain_iterator(
-        config.data,
-        config.input,
-        local_batch_size=num,
-        seed=config.seed + 1,
-        process_index=0,
-        process_count=1,
-    )
-    return next(batches)["image"]
+    def check_source(self, source) -> None:
+        del source  # any images; grayscale ones are left out of the loss
 
+    def fit(self, workdir: str | None) -> None:
+        """The rebalancing weights from the bin priors (``run_priors``: the priors file, the
+        workdir's stored priors, or an estimate from the pretraining data stored there)."""
+        col = self.config.colorization
+        if col.rebalance:
+            priors = run_priors(self.config, workdir)
+            self.class_weights = encode.rebalance_weights(
+                priors, col.rebalance_gamma, col.rebalance_alpha
+            )
+        self._fitted = True
 
-def make_picture(model: nn.Module, col: ml_collections.ConfigDict):
-    """(variables, images uint8 (B, H, W, 3)) -> rows of (grayscale, prediction, truth)."""
+    def prepare(self, rng: jax.Array, batch: dict[str, jax.Array]):
+        if not self._fitted:
+            raise RuntimeError("Colorization.prepare needs the bin priors: call fit() first.")
+        return make_prepare(self.config.colorization, self.class_weights)(rng, batch)
 
-    @jax.jit
-    def colour(variables, image):
-        lightness, _, _ = lab_targets(image, col.target_stride, col.quantize)
-        logits, _ = model.apply(variables, lightness, train=False)
-        return predict.colorize(lightness[..., 0] + 50.0, logits, col.temperature)
+    def loss(self, logits: jax.Array, targets: dict[str, jax.Array]):
+        return loss(logits, targets)
 
-    def picture(variables, images):
-        gray = np.asarray(predict.lab_to_rgb(rgb_to_lab(images) * jnp.array([1.0, 0.0, 0.0])))
-        predicted = np.asarray(colour(variables, images))
-        return [(gray[i], predicted[i], images[i]) for i in range(images.shape[0])]
-
-    return picture
-
-
-def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Pretext:
-    check_config(config)
-    col = config.colorization
-    dtype = compute_dtype(config.model.dtype)
-    trunk = make_trunk(config.model, dtype)
-    model = ColorizationNet(
-        trunk=trunk,
-        feature_tap=_FEATURE_TAP[config.model.name],
-        target_stride=col.target_stride,
-        dtype=dtype,
-    )
-    class_weights = None
-    if col.rebalance:
-        priors = run_priors(config, workdir)
-        class_weights = encode.rebalance_weights(priors, col.rebalance_gamma, col.rebalance_alpha)
-    example = jnp.zeros((2, config.input.crop, config.input.crop, 1), jnp.float32)
-
-    report = None
-    if col.samples and workdir:
-        picture = make_picture(model, col)
-        images = []
-
-        def report(variables, step):
-            if not images:
-                images.append(sample_images(config, col.samples))
-            path = fileio.join(workdir, "samples", f"step_{step:08d}.png")
-            predict.write_grid(picture(variables, images[0]), path)
-            logging.info("Wrote %s (grayscale input | prediction | ground truth)", path)
-
-    return Pretext(
-        model=model,
-        example_inputs=example,
-        prepare=make_prepare(col, class_weights),
-        loss=loss,
-        report=report,
-    )
+    def model_inputs(self, images: jax.Array) -> jax.Array:
+        """L - 50 of the (8-bit-quantised) Lab image, as in pretraining: (B, S, S, 1)."""
+        lightness, _, _ = lab_targets(images, 1, self.config.colorization.quantize)
+        return lightness

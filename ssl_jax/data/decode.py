@@ -45,6 +45,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from ssl_jax import paths
+
 _log = logging.getLogger(__name__)
 
 SKIP_REASONS = ("missing", "empty", "not_image", "truncated", "too_large", "corrupt")
@@ -77,6 +79,11 @@ def skip_counts() -> dict[str, int]:
     """Number of elements skipped so far in this process, per reason (see module docstring)."""
     with _lock:
         return dict(_skip_counts)
+
+
+def skipped_count() -> int:
+    """Elements skipped so far in this process, all reasons together."""
+    return int(sum(skip_counts().values()))
 
 
 def reset_skip_counts() -> None:
@@ -162,12 +169,8 @@ def decode_image_bytes(data: bytes, min_short: int = 0) -> np.ndarray:
 def read_file_bytes(path: str) -> bytes:
     """Reads a local or remote (gs://) file; raises SkippedImage("missing") on failure."""
     try:
-        if "://" in path:
-            with tf.io.gfile.GFile(path, "rb") as f:
-                return f.read()
-        with open(path, "rb") as f:
-            return f.read()
-    except (OSError, tf.errors.OpError) as e:
+        return paths.read_bytes(path)
+    except Exception as e:  # any file system's error: the image is skipped, not the run
         raise SkippedImage("missing", f"{type(e).__name__}: {e}") from e
 
 

@@ -47,6 +47,8 @@ class DemoSource:
     ids: np.ndarray | None = None
     data_size: float = 0
 
+    kind = "demo"
+
     @property
     def num_examples(self) -> int:
         return len(self.labels)
@@ -73,6 +75,23 @@ class DemoSource:
             process_index=process_index,
             process_count=process_count,
             what="the demo set",
+        )
+
+    def ordered_records(self, process_index: int, process_count: int) -> tf.data.Dataset:
+        """This process's records in the fixed order (rows p, p + n, ...), with "position"."""
+        return records.ordered_shard(
+            {"box": self.boxes, "label": self.labels}, process_index, process_count
+        )
+
+    def take(self, rows: np.ndarray) -> DemoSource:
+        """The examples at ``rows``, in that order (ids follow: each keeps its demo index)."""
+        ids = (
+            self.ids
+            if self.ids is not None
+            else np.asarray([b"%d" % i for i in range(self.num_examples)], dtype=object)
+        )
+        return dataclasses.replace(
+            self, boxes=self.boxes[rows], labels=self.labels[rows], ids=ids[rows]
         )
 
     def decode(self, record, *, min_short: int, watch=None, cache=None):

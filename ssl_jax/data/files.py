@@ -1,6 +1,6 @@
 """Images named by path: an image folder ("folder") or a text file of paths ("filelist").
 
-Local paths and any URL tf.io.gfile understands (gs://...) work. The records are sorted (folder)
+Local paths and gs:// URLs work (``ssl_jax.paths``). The records are sorted (folder)
 or kept in list order (file list), a fixed order independent of the seed; process p of n takes
 records p, p + n, p + 2n, ...
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import posixpath
 
 import numpy as np
 import tensorflow as tf
 
+from ssl_jax import paths
 from ssl_jax.data import decode as decode_lib
 from ssl_jax.data import records
 
@@ -74,6 +74,21 @@ class FileSource:
             what=f"{self.kind} {self.location}",
         )
 
+    def ordered_records(self, process_index: int, process_count: int) -> tf.data.Dataset:
+        """This process's records in the fixed order (rows p, p + n, ...), with "position"."""
+        return records.ordered_shard(
+            {"path": self.paths, "label": self.labels}, process_index, process_count
+        )
+
+    def take(self, rows: np.ndarray) -> FileSource:
+        """The records at ``rows``, in that order (ids follow)."""
+        return dataclasses.replace(
+            self,
+            paths=self.paths[rows],
+            labels=self.labels[rows],
+            ids=None if self.ids is None else self.ids[rows],
+        )
+
     def decode(self, record, *, min_short: int, watch=None, cache=None):
         return decode_lib.tf_decode(
             record["path"],
@@ -85,34 +100,17 @@ class FileSource:
         )
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
 def _has_image_extension(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _walk(root: str):
-    """os.walk for local folders (fast), tf.io.gfile.walk for gs:// and other URLs."""
-    if _is_url(root):
-        for dirpath, dirnames, filenames in tf.io.gfile.walk(root):
-            yield dirpath.rstrip("/"), dirnames, filenames
-    else:
-        yield from os.walk(root, followlinks=True)
-
-
-def _join(root: str, *parts: str) -> str:
-    return posixpath.join(root, *parts) if _is_url(root) else os.path.join(root, *parts)
 
 
 def _list_images(root: str) -> list[str]:
     """Every image file under root, recursively; hidden files and folders (".x") are ignored."""
     found = []
-    for dirpath, dirnames, filenames in _walk(root):
+    for dirpath, dirnames, filenames in paths.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         found.extend(
-            _join(dirpath, f)
+            paths.join(dirpath, f)
             for f in filenames
             if not f.startswith(".") and _has_image_extension(f)
         )
@@ -130,7 +128,7 @@ def folder_source(path: str) -> FileSource:
     look like classes: give those as a file list.
     """
     root = path.rstrip("/") if len(path) > 1 else path
-    if not tf.io.gfile.isdir(root):
+    if not paths.isdir(root):
         raise FileNotFoundError(
             f"config.data.path={path!r} is not a folder (config.data.source='folder' needs a "
             "folder of images, flat or with one subfolder per class)."
@@ -141,11 +139,11 @@ def folder_source(path: str) -> FileSource:
             f"No image files under config.data.path={path!r} (looked recursively for "
             f"{', '.join(IMAGE_EXTENSIONS)}, any case)."
         )
-    prefix = _join(root, "")
+    prefix = paths.join(root, "")
     subfolders = sorted(
         d.rstrip("/")
-        for d in tf.io.gfile.listdir(root)
-        if not d.startswith(".") and tf.io.gfile.isdir(_join(root, d.rstrip("/")))
+        for d in paths.listdir(root)
+        if not d.startswith(".") and paths.isdir(paths.join(root, d.rstrip("/")))
     )
     relative = [f[len(prefix) :] for f in files]
     in_subfolder = [os.sep in r or "/" in r for r in relative]
@@ -193,10 +191,9 @@ def parse_file_list(text: str, list_path: str) -> tuple[list[str], list[int]]:
 
 def _resolve(entry: str, list_path: str) -> str:
     """A list entry as a path: relative entries are relative to the list's folder."""
-    if _is_url(entry) or os.path.isabs(entry):
+    if paths.is_url(entry) or os.path.isabs(entry):
         return entry
-    base = posixpath.dirname(list_path) if _is_url(list_path) else os.path.dirname(list_path)
-    return _join(base, entry)
+    return paths.join(paths.dirname(list_path), entry)
 
 
 def _parse_entries(text: str) -> tuple[list[str], list[int]]:
@@ -221,20 +218,19 @@ def _parse_entries(text: str) -> tuple[list[str], list[int]]:
 
 def filelist_source(path: str) -> FileSource:
     """Images listed in the text file `path` (local or gs://); see `parse_file_list`."""
-    if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
+    if not paths.isfile(path):
         raise FileNotFoundError(
             f"config.data.path={path!r} is not a file (config.data.source='filelist' needs a "
             "text file with one image path per line, optionally followed by an integer label)."
         )
-    with tf.io.gfile.GFile(path, "r") as f:
-        entries, labels = _parse_entries(f.read())
-    paths = [_resolve(e, path) for e in entries]
-    if not paths:
+    entries, labels = _parse_entries(paths.read_text(path))
+    resolved = [_resolve(e, path) for e in entries]
+    if not resolved:
         raise ValueError(f"The file list config.data.path={path!r} names no images.")
     return FileSource(
         kind="filelist",
         location=path,
-        paths=np.asarray([p.encode("utf-8") for p in paths], dtype=object),
+        paths=np.asarray([p.encode("utf-8") for p in resolved], dtype=object),
         labels=np.asarray(labels, np.int32),
         class_names=None,
         ids=np.asarray([e.encode("utf-8") for e in entries], dtype=object),

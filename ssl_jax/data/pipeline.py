@@ -34,11 +34,11 @@ except (RuntimeError, ValueError):  # devices already initialised by someone els
 _MAX_EPOCHS = np.iinfo(np.int64).max  # "forever"
 
 
-def _parallel(value: int) -> int:
+def parallel_calls(value: int) -> int:
     return tf.data.AUTOTUNE if value is None or int(value) < 0 else max(1, int(value))
 
 
-def _augment_key(seed: int, epoch: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+def augment_key(seed: int, epoch: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
     """A stateless-RNG key (shape [2], int64) unique to (seed, epoch, index)."""
     base = tf.constant([seed & 0x7FFFFFFFFFFFFFFF, 0x5EED], tf.int64)
     key = tf.random.experimental.stateless_fold_in(base, epoch)
@@ -122,6 +122,48 @@ def pretrain_dataset(
         )
     if local_batch_size <= 0:
         raise ValueError(f"local_batch_size={local_batch_size} must be positive.")
+    return training_stream(
+        source,
+        data_config,
+        lambda image, key: resize_crop_flip(
+            image, key, resize_short=resize_short, crop=crop, flip=flip
+        ),
+        min_short=resize_short,
+        local_batch_size=local_batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        start=start,
+    )
+
+
+def training_stream(
+    source: sources_lib.Source,
+    data_config,
+    augment,
+    *,
+    min_short: int,
+    local_batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    start: tuple[int, int] | None,
+) -> tf.data.Dataset:
+    """This process's endless, resumable batches of augmented records of ``source``.
+
+    Records come epoch after epoch in each epoch's shuffled order, from right after ``start``
+    (the (epoch, index) of the last record consumed before an interruption); each is decoded
+    (JPEGs at a reduced DCT scale down to ``min_short``), augmented by ``augment(image, key)``
+    with a stateless key of (seed, epoch, index), and dropped if it could not be decoded.
+
+    Args:
+      data_config: shuffle_buffer, num_parallel_calls, prefetch, cache_decoded.
+
+    Returns:
+      Batches of "image" uint8 (B, S, S, 3), "label" int32 (B,), "epoch" / "index" int64 (B,).
+    """
+    if local_batch_size <= 0:
+        raise ValueError(f"local_batch_size={local_batch_size} must be positive.")
     shard_size = source.shard_size(process_index, process_count)
     start_epoch, first = 0, 0
     if start is not None:
@@ -129,7 +171,7 @@ def pretrain_dataset(
     if first >= shard_size:  # the interruption came right at the end of an epoch
         start_epoch, first = start_epoch + 1, 0
     shuffle_buffer = int(data_config.get("shuffle_buffer", 10_000) or 0)
-    parallel = _parallel(data_config.get("num_parallel_calls", -1))
+    parallel = parallel_calls(data_config.get("num_parallel_calls", -1))
     cache = {} if data_config.get("cache_decoded", False) else None
     watch = decode_lib.FailureWatch(shard_size, f"process {process_index}/{process_count}")
 
@@ -147,9 +189,8 @@ def pretrain_dataset(
 
     @tf.autograph.experimental.do_not_convert
     def decode_and_augment(record):
-        image, ok = source.decode(record, min_short=resize_short, watch=watch, cache=cache)
-        key = _augment_key(seed, record["epoch"], record["index"])
-        image = resize_crop_flip(image, key, resize_short=resize_short, crop=crop, flip=flip)
+        image, ok = source.decode(record, min_short=min_short, watch=watch, cache=cache)
+        image = augment(image, augment_key(seed, record["epoch"], record["index"]))
         return {
             "image": image,
             "label": tf.cast(record["label"], tf.int32),
@@ -158,26 +199,32 @@ def pretrain_dataset(
             "ok": ok,
         }
 
-    @tf.autograph.experimental.do_not_convert
-    def decoded(example):
-        return example["ok"]
-
-    @tf.autograph.experimental.do_not_convert
-    def drop_ok(example):
-        return {k: v for k, v in example.items() if k != "ok"}
-
     ds = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch_records)
     ds = ds.map(decode_and_augment, num_parallel_calls=parallel, deterministic=True)
-    ds = ds.filter(decoded).map(drop_ok)
+    ds = ds.filter(_decoded).map(_drop_ok)
     ds = ds.batch(local_batch_size, drop_remainder=True)
     prefetch = data_config.get("prefetch", 2)
     if prefetch:
-        ds = ds.prefetch(_parallel(prefetch))
+        ds = ds.prefetch(parallel_calls(prefetch))
+    return ds.with_options(_options())
+
+
+@tf.autograph.experimental.do_not_convert
+def _decoded(example):
+    return example["ok"]
+
+
+@tf.autograph.experimental.do_not_convert
+def _drop_ok(example):
+    return {k: v for k, v in example.items() if k != "ok"}
+
+
+def _options() -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
     # Many small elements decode in parallel; one thread per op avoids oversubscribing cores.
     options.threading.max_intra_op_parallelism = 1
-    return ds.with_options(options)
+    return options
 
 
 def pretrain_iterator(
@@ -221,3 +268,165 @@ def pretrain_iterator(
         source=source,
     )
     return ds.as_numpy_iterator()
+
+
+# ---------------------------------------------------------------------------------------------
+# Labelled sets for the linear classifiers: augmented, resumable train batches, one test pass.
+
+RRC_AREA = (0.08, 1.0)  # fraction of the image's area (torchvision's RandomResizedCrop)
+RRC_ASPECT = (3 / 4, 4 / 3)
+
+
+def random_resized_crop(image: tf.Tensor, key: tf.Tensor, *, size: int, flip: bool) -> tf.Tensor:
+    """A random crop of 8-100% of the area and aspect 3/4-4/3, resized to size x size; flip.
+
+    Args:
+      image: (H, W, 3) uint8.
+      key: [2] int64 stateless-RNG key of this element.
+    Returns:
+      (size, size, 3) uint8.
+    """
+    begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=key,
+        min_object_covered=0.0,
+        aspect_ratio_range=RRC_ASPECT,
+        area_range=RRC_AREA,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    crop = tf.slice(image, begin, extent)
+    out = tf.image.resize(crop, [size, size], method="bilinear", antialias=True)
+    if flip:
+        coin = tf.random.stateless_uniform(
+            [], tf.random.experimental.stateless_fold_in(key, 2), dtype=tf.float32
+        )
+        out = tf.cond(coin < 0.5, lambda: tf.reverse(out, axis=[1]), lambda: out)
+    out = tf.saturate_cast(tf.round(out), tf.uint8)
+    return tf.ensure_shape(out, [size, size, 3])
+
+
+def resize_centre_crop(image: tf.Tensor, *, resize_short: int, size: int) -> tf.Tensor:
+    """Short side to ``resize_short`` (bilinear, antialiased), centre size x size crop; uint8."""
+    shape = tf.shape(image)
+    height, width = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
+    ratio = resize_short / tf.minimum(height, width)
+    new_height = tf.maximum(resize_short, tf.cast(tf.round(height * ratio), tf.int32))
+    new_width = tf.maximum(resize_short, tf.cast(tf.round(width * ratio), tf.int32))
+    resized = tf.image.resize(image, [new_height, new_width], "bilinear", antialias=True)
+    top, left = (new_height - size) // 2, (new_width - size) // 2
+    out = tf.saturate_cast(tf.round(resized[top : top + size, left : left + size]), tf.uint8)
+    return tf.ensure_shape(out, [size, size, 3])
+
+
+def labelled_train_iterator(
+    labelled,
+    split,
+    *,
+    augment: str,
+    size: int,
+    resize_short: int,
+    flip: bool,
+    local_batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    start: tuple[int, int] | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's endless, resumable stream of augmented batches of a single-label set.
+
+    PROTOCOLS.md, "Linear classifiers": random-resized crop (area 8-100%, aspect 3/4-4/3, as
+    torchvision / VISSL) to ``size`` and a flip; or, for Colorization trunks ("resize_crop"),
+    resize the short side, random ``size`` crop and flip. Randomness is stateless, keyed by
+    (seed, epoch, index) as in pretraining, so a resumed run sees the same crops.
+
+    Args:
+      labelled: an ``ssl_jax.data.labelled.LabelledSet`` (single-label).
+      split: its split config (shuffle_buffer, num_parallel_calls, prefetch, cache_decoded).
+      start: (epoch, index) of the last record consumed before an interruption.
+
+    Yields:
+      "image" uint8 (B, size, size, 3), "label" int32 (B,), "epoch" / "index" int64 (B,).
+    """
+    if augment not in ("random_resized_crop", "resize_crop"):
+        raise ValueError(
+            f"config.input.train_augment={augment!r}; allowed: random_resized_crop, resize_crop."
+        )
+    # Decoding JPEGs at reduced size is only safe down to the short side crops are taken from.
+    if augment == "resize_crop":
+        min_short = resize_short
+
+        def augment_fn(image, key):
+            return resize_crop_flip(image, key, resize_short=resize_short, crop=size, flip=flip)
+    else:
+        min_short = 0
+
+        def augment_fn(image, key):
+            return random_resized_crop(image, key, size=size, flip=flip)
+
+    ds = training_stream(
+        labelled.source,
+        split,
+        augment_fn,
+        min_short=min_short,
+        local_batch_size=local_batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        start=start,
+    )
+    return ds.as_numpy_iterator()
+
+
+def labelled_test_batches(
+    labelled,
+    split,
+    *,
+    size: int,
+    resize_short: int,
+    local_batch_size: int,
+    process_index: int,
+    process_count: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Every image of this process's share of a single-label set once, centre-cropped, in
+    padded batches: short side to ``resize_short`` (256), centre ``size`` crop (224 / 227).
+
+    Every process yields the same number of batches (that of the largest share), so a jitted
+    global step can run on all of them; padding rows, and images that could not be decoded,
+    have "valid" False.
+
+    Yields:
+      "image" uint8 (B, size, size, 3), "label" int32 (B,), "valid" bool (B,).
+    """
+    source = labelled.source
+    total = source.num_examples
+    shares = [len(range(p, total, process_count)) for p in range(process_count)]
+    num_batches = -(-max(shares) // local_batch_size)
+    watch = decode_lib.FailureWatch(shares[process_index], f"test process {process_index}")
+
+    @tf.autograph.experimental.do_not_convert
+    def decode(record):
+        image, ok = source.decode(record, min_short=resize_short, watch=watch)
+        image = resize_centre_crop(image, resize_short=resize_short, size=size)
+        return {"image": image, "label": tf.cast(record["label"], tf.int32), "valid": ok}
+
+    records = source.ordered_records(process_index, process_count)
+    parallel = parallel_calls(split.get("num_parallel_calls", -1))
+    ds = records.map(decode, num_parallel_calls=parallel, deterministic=True)
+    ds = ds.batch(local_batch_size).prefetch(2).with_options(_options())
+    blank = {
+        "image": np.zeros((local_batch_size, size, size, 3), np.uint8),
+        "label": np.zeros((local_batch_size,), np.int32),
+        "valid": np.zeros((local_batch_size,), bool),
+    }
+    produced = 0
+    for batch in ds.as_numpy_iterator():
+        count = len(batch["label"])
+        if count < local_batch_size:
+            batch = {k: np.concatenate([v, blank[k][count:]]) for k, v in batch.items()}
+        # An undecodable image is a zero image: it counts as neither right nor wrong.
+        yield batch
+        produced += 1
+    for _ in range(num_batches - produced):
+        yield blank

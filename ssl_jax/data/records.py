@@ -79,3 +79,15 @@ def strided_epoch(
     check_shard(size, total, process_index, process_count, what)
     shard = {k: v[process_index::process_count] for k, v in columns.items()}
     return array_epoch(shard, epoch, first, seed, process_index)
+
+
+def ordered_shard(
+    columns: dict[str, np.ndarray], process_index: int, process_count: int
+) -> tf.data.Dataset:
+    """This process's rows p, p + n, p + 2n, ... of in-memory columns, in the fixed order, each
+    with its "position" (int64 row); every process may get none when n exceeds the rows."""
+    total = len(next(iter(columns.values())))
+    rows = np.arange(process_index, total, process_count, dtype=np.int64)
+    return tf.data.Dataset.from_tensor_slices(
+        {"position": rows, **{k: v[rows] for k, v in columns.items()}}
+    )

@@ -61,10 +61,8 @@ import os
 import posixpath
 
 import numpy as np
-import tensorflow as tf
 
-from ssl_jax.data.files import FileSource
-from ssl_jax.data.tfds_source import TfdsSource
+from ssl_jax import paths
 
 HASH_PREFIX = b"ssl_jax-subset-v1:"
 HASH_METHOD = 'blake2b(b"ssl_jax-subset-v1:" + id), first 8 bytes big-endian; ties by id'
@@ -165,21 +163,21 @@ def tfds_ids(builder, split: str) -> np.ndarray:
 
 def image_ids(source) -> np.ndarray:
     """(N,) object array of the UTF-8 ids of a folder, file list or demo source's records."""
-    if isinstance(source, TfdsSource):
+    if source.kind == "tfds":
         raise TypeError("TFDS ids come from tfds_ids(builder, split), not from the records.")
     if source.ids is not None:
         return source.ids
-    if isinstance(source, FileSource):
-        return source.paths
-    return np.asarray([b"%d" % i for i in range(source.num_examples)], dtype=object)
+    if source.kind == "demo":
+        return np.asarray([b"%d" % i for i in range(source.num_examples)], dtype=object)
+    return source.paths
 
 
 def _describe(source) -> str:
-    if isinstance(source, TfdsSource):
+    if source.kind == "tfds":
         return f"TFDS {source.builder.name} split {source.split!r}"
-    if isinstance(source, FileSource):
-        return f"the {source.kind} {source.location}"
-    return "the demo set"
+    if source.kind == "demo":
+        return "the demo set"
+    return f"the {source.kind} {source.location}"
 
 
 def take_subset(source, data_size):
@@ -191,7 +189,7 @@ def take_subset(source, data_size):
     check_data_size(data_size)
     if data_size == 0:
         return source
-    if isinstance(source, TfdsSource):
+    if source.kind == "tfds":
         ids = tfds_ids(source.builder, source.split)
         n = subset_size(data_size, len(ids), _describe(source))
         last = ids[subset_order(ids)[n - 1]]
@@ -205,36 +203,16 @@ def take_subset(source, data_size):
     ids = image_ids(source)
     n = subset_size(data_size, len(ids), _describe(source))
     kept = subset_order(ids)[:n]
-    if isinstance(source, FileSource):
-        return dataclasses.replace(
-            source,
-            paths=source.paths[kept],
-            labels=source.labels[kept],
-            ids=ids[kept],
-            data_size=data_size,
-        )
-    return dataclasses.replace(
-        source,
-        boxes=source.boxes[kept],
-        labels=source.labels[kept],
-        ids=ids[kept],
-        data_size=data_size,
-    )
+    return dataclasses.replace(source.take(kept), ids=ids[kept], data_size=data_size)
 
 
 def _ids_text(ids: np.ndarray) -> bytes:
     return b"".join(bytes(i) + b"\n" for i in ids)
 
 
-def _kind(source) -> str:
-    if isinstance(source, TfdsSource):
-        return "tfds"
-    return source.kind if isinstance(source, FileSource) else "demo"
-
-
 def subset_record(source) -> tuple[dict, bytes | None]:
     """(record, ids file content or None) describing exactly which images `source` holds."""
-    kind = _kind(source)
+    kind = source.kind
     record = {
         "source": kind,
         "data_size": source.data_size,
@@ -242,7 +220,7 @@ def subset_record(source) -> tuple[dict, bytes | None]:
         "hash": HASH_METHOD,
         "id": ID_MEANING[kind],
     }
-    if isinstance(source, TfdsSource):
+    if kind == "tfds":
         record["location"] = {
             "name": source.builder.name,
             "version": str(source.builder.version),
@@ -284,11 +262,9 @@ def record_subset(workdir: str, source, *, write: bool = True) -> dict:
         The record of `source`.
     """
     record, text = subset_record(source)
-    join = posixpath.join if "://" in workdir else os.path.join
-    path = join(workdir, RECORD_FILE)
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path, "r") as f:
-            old = json.load(f)
+    path = paths.join(workdir, RECORD_FILE)
+    if paths.exists(path):
+        old = paths.read_json(path)
         then, now = _identity(old), _identity(record)
         changed = [f"{k}: {then[k]!r} then, {now[k]!r} now" for k in now if then[k] != now[k]]
         if changed:
@@ -303,9 +279,7 @@ def record_subset(workdir: str, source, *, write: bool = True) -> dict:
         if text is not None:
             name = IDS_FILE + (".gz" if record["count"] > IDS_GZIP_ABOVE else "")
             content = gzip.compress(text, mtime=0) if name.endswith(".gz") else text
-            with tf.io.gfile.GFile(join(workdir, name), "wb") as f:
-                f.write(content)
+            paths.write_bytes(paths.join(workdir, name), content)
             record["ids_file"] = name
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write(json.dumps(record, indent=2) + "\n")
+        paths.write_text(path, json.dumps(record, indent=2) + "\n")
     return record

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssl_jax.data import decode as decode_lib
-from ssl_jax.data import records
+from ssl_jax.data import records, subsets
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -31,6 +31,8 @@ class TfdsSource:
         data_size: config.data.data_size this source was cut to (0: all of it).
         threshold: (key, id) of the last image of the subset in subset order, or None for the
             whole split: records after it are filtered out as they stream (see subsets.py).
+        rows: increasing positions in the split's stored order of the records kept (``take``),
+            or None for all; read by ``ordered_records`` only.
     """
 
     builder: object
@@ -40,20 +42,23 @@ class TfdsSource:
     has_label: bool
     data_size: float = 0
     threshold: tuple[int, bytes] | None = None
+    rows: np.ndarray | None = None
     # Per-process subset sizes, cached: counting them lists the split's ids.
     _shard_sizes: dict = dataclasses.field(default_factory=dict, repr=False)
 
+    kind = "tfds"
+
     def _process_split(self, process_index: int, process_count: int):
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # heavy: imported only where TFDS data is read
 
         return tfds.even_splits(self.split, n=process_count)[process_index]
 
     def shard_size(self, process_index: int, process_count: int) -> int:
+        if self.rows is not None:
+            return records.strided_shard_size(self.num_examples, process_index, process_count)
         split = self._process_split(process_index, process_count)
         if self.threshold is None:
             return int(self.builder.info.splits[split].num_examples)
-        from ssl_jax.data import subsets
-
         if split not in self._shard_sizes:
             ids = subsets.tfds_ids(self.builder, split)
             self._shard_sizes[split] = int(np.sum(subsets.below(ids, self.threshold)))
@@ -69,8 +74,14 @@ class TfdsSource:
         process_count: int,
         shuffle_buffer: int,
     ) -> tf.data.Dataset:
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # heavy: imported only where TFDS data is read
 
+        if self.rows is not None:
+            raise ValueError(
+                f"TFDS {self.builder.name} split {self.split!r} cut to chosen records can be read "
+                "in order (evaluation) but not trained on: give a contiguous subset (first / "
+                "max_examples of one split)."
+            )
         records.check_shard(
             self.shard_size(process_index, process_count),
             self.num_examples,
@@ -122,6 +133,64 @@ class TfdsSource:
         # Records before `first` are read (bytes only) to replay the shuffle buffer exactly.
         return ds.enumerate().skip(first).map(to_record)
 
+    def take(self, rows: np.ndarray) -> TfdsSource:
+        """The records at increasing positions ``rows`` of the stored order. A contiguous run of
+        a plain split becomes a TFDS slice (``train[a:b]``, read like any split); other subsets
+        are filtered as the split streams, for ``ordered_records`` (evaluation sets)."""
+        rows = np.asarray(rows, np.int64)
+        if self.threshold is not None:
+            raise ValueError("A TFDS subset by config.data.data_size cannot be cut again.")
+        base = self.rows
+        contiguous = len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows)))
+        plain = not any(c in self.split for c in "[+")
+        if contiguous and plain and base is None:
+            first, last = int(rows[0]), int(rows[0]) + len(rows)
+            return dataclasses.replace(
+                self, split=f"{self.split}[{first}:{last}]", num_examples=len(rows),
+                _shard_sizes={},
+            )  # fmt: skip
+        kept = rows if base is None else base[rows]
+        return dataclasses.replace(self, rows=kept, num_examples=len(kept), _shard_sizes={})
+
+    def ordered_records(self, process_index: int, process_count: int) -> tf.data.Dataset:
+        """This process's records in the stored order (positions p, p + n, ...), with
+        "position"; every process streams the whole split (bytes only) and keeps its own."""
+        import tensorflow_datasets as tfds  # heavy: imported only where TFDS data is read
+
+        # Only the image (not decoded) and the label: other features (boxes, ...) are not read.
+        features = {"image": True, **({"label": True} if self.has_label else {})}
+        decoders = tfds.decode.PartialDecoding(
+            features, decoders={"image": tfds.decode.SkipDecoding()}
+        )
+        ds = stored_order(self.builder, self.split, decoders).enumerate()
+        if self.rows is not None:
+            table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(self.rows, tf.int64),
+                    tf.range(len(self.rows), dtype=tf.int64),
+                ),
+                default_value=-1,
+            )
+            ds = ds.map(lambda i, example: (table.lookup(i), example))
+            ds = ds.filter(lambda position, example: position >= 0)
+        has_label = self.has_label
+
+        @tf.autograph.experimental.do_not_convert
+        def mine(position, example):
+            return position % process_count == process_index
+
+        @tf.autograph.experimental.do_not_convert
+        def to_record(position, example):
+            label = tf.cast(example["label"], tf.int32) if has_label else tf.constant(-1)
+            return {
+                "position": position,
+                "label": label,
+                "bytes": example["image"],
+                "id": example["tfds_id"],
+            }
+
+        return ds.filter(mine).map(to_record)
+
     def decode(self, record, *, min_short: int, watch=None, cache=None):
         return decode_lib.tf_decode(
             record["bytes"],
@@ -133,9 +202,28 @@ class TfdsSource:
         )
 
 
+def stored_order(builder, split: str, decoders) -> tf.data.Dataset:
+    """The examples of ``split`` in TFDS's stored order, with their "tfds_id"; a union of
+    splits ("train+validation") is read one split after the other."""
+    import tensorflow_datasets as tfds  # heavy: imported only where TFDS data is read
+
+    read_config = tfds.ReadConfig(
+        interleave_cycle_length=1, try_autocache=False, skip_prefetch=True, add_tfds_id=True
+    )
+    parts = [
+        builder.as_dataset(
+            split=part, shuffle_files=False, decoders=decoders, read_config=read_config
+        )
+        for part in split.split("+")
+    ]
+    stream = parts[0]
+    for part in parts[1:]:
+        stream = stream.concatenate(part)
+    return stream
+
+
 def subsets_filter(threshold: tuple[int, bytes]):
     """A tf.data filter predicate keeping the examples whose tfds_id is in the subset."""
-    from ssl_jax.data import subsets
 
     def keep(image_id: bytes) -> np.bool_:
         return np.bool_(subsets.below(np.asarray([image_id], dtype=object), threshold)[0])
@@ -176,7 +264,7 @@ def tfds_source(name: str, split: str, data_dir: str | None) -> TfdsSource:
         FileNotFoundError: the dataset is known but not prepared in data_dir; the message says
             how to prepare it.
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # heavy: imported only where TFDS data is read
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)

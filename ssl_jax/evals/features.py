@@ -1,25 +1,26 @@
-"""Frozen features: a trunk's taps, average-pooled as PROTOCOLS.md's table, written to disk.
+"""Frozen features: a trunk's taps, average-pooled as PROTOCOLS.md's table, stored in a workdir.
 
 Extraction follows the paper's benchmark: each image resized to 224 x 224 ignoring aspect (227
-for AlexNet), one view, BatchNorm in inference mode, the model's own input convention (Jigsaw:
-RGB scaled to [0, 1] and normalised with config.input.mean / std; Colorization: L - 50 of the
-8-bit-quantised Lab image, as in pretraining). Each tap is taken after its ReLU, average-pooled
-(padding counted, as Caffe2 and PyTorch's AvgPool2d) and flattened in (C, H, W) order, so the
-rows match features from FAIR's benchmark up to the trunk's weights.
+for AlexNet), one view, BatchNorm in inference mode, the task's own input convention
+(``task.model_inputs``: Jigsaw and supervised trunks see RGB normalised with config.input.mean /
+std, Colorization trunks L - 50 of the 8-bit-quantised Lab image, as in pretraining). Each tap is
+taken after its ReLU, average-pooled (padding counted, as Caffe2 and PyTorch's AvgPool2d) and
+flattened in (C, H, W) order, so the rows match features from FAIR's benchmark up to the
+trunk's weights.
 
-On disk (``out_dir``): ``{layer}.npy`` float32 (N, D) per layer, written through np.memmap so
-that nothing holds N x D in memory; ``labels.npy`` int8 (N, C); ``ids.txt``; ``ok.npy`` bool (N,)
-(False for an image that could not be decoded: its row is zeros and evaluations leave it out);
-``meta.json`` (layers, dims, model, dataset) and ``progress.json`` (rows done). Rows are written
-in dataset order, one global batch at a time; an interrupted extraction resumes after the last
-complete batch.
+Storage (``out_dir``, a local folder or a gs:// URL, through ``ssl_jax.paths``): ``meta.json``
+(layers, dims, model, dataset), ``labels.npy`` int8 (N, C), ``ids.txt``, and the rows in parts:
+``{layer}/{first_row:09d}.npy`` float32 (rows, D) and ``ok/{first_row:09d}.npy`` bool (False for
+an image that could not be decoded: its row is zeros and evaluations leave it out), with
+``progress.json`` (rows done). Every process extracts its share of each global batch; the
+features are gathered on every process and process 0 writes each part once (no process needs a
+disk another can see, only the path layer's workdir); an interrupted extraction resumes after
+the last complete part.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from typing import Any
 
@@ -27,10 +28,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ssl_jax import config_lib, paths
+from ssl_jax.evals import base
 from ssl_jax.models import make_trunk
+from ssl_jax.pretext import Pretext
 
 _log = logging.getLogger(__name__)
 
@@ -124,12 +129,18 @@ def _output_grid(spec, size_in: int) -> int:
     return (size_in + 2 * pad - kernel) // stride + 1
 
 
-def layer_specs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Tap name -> pooling spec for the trunk of ``config`` (a pretraining config) and the
-    feature settings ``config.features`` (layers, pooling)."""
-    table = POOLING[family(config.model)]
-    features = config.get("features", ml_collections.ConfigDict())
-    layers = features.get("layers") or tuple(table)
+FORMAT = 2  # the storage layout above; another format in out_dir means a fresh extraction
+PART_BATCHES = 16  # global batches per stored part (the unit of resumption)
+_OUTCOME = ("skipped", "seconds")  # meta.json keys added when an extraction completes
+
+
+def layer_specs(
+    model_config: ml_collections.ConfigDict, features: ml_collections.ConfigDict | None = None
+) -> dict[str, Any]:
+    """Tap name -> pooling spec for the trunk ``model_config`` and the feature settings
+    ``features`` (``layers``: () for every tap of the table)."""
+    table = POOLING[family(model_config)]
+    layers = (features or {}).get("layers") or tuple(table)
     unknown = [name for name in layers if name not in table]
     if unknown:
         raise ValueError(
@@ -138,52 +149,59 @@ def layer_specs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {name: table[name] for name in layers}
 
 
-def model_inputs(config: ml_collections.ConfigDict, images: jax.Array) -> jax.Array:
-    """The trunk's input for uint8 RGB images (B, S, S, 3), as in pretraining."""
-    if config.task == "colorization":
-        from ssl_jax.colorization.task import lab_targets
+def check_config(
+    features: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict
+) -> None:
+    """Start-up checks of a benchmark's ``config.features`` for a trunk: the pooling, the layers
+    and (where there is one) a batch that splits over the devices; raises ConfigError."""
+    if features.pooling not in ("table", "adaptive"):
+        raise config_lib.ConfigError(
+            f"config.features.pooling={features.pooling!r}; allowed: table, adaptive."
+        )
+    try:
+        layer_specs(model_config, features)
+    except ValueError as e:
+        raise config_lib.ConfigError(str(e)) from e
+    batch = features.get("batch_size")
+    if batch is not None and (batch <= 0 or batch % jax.device_count()):
+        raise config_lib.ConfigError(
+            f"config.features.batch_size={batch} must be a positive multiple of the "
+            f"{jax.device_count()} devices."
+        )
 
-        lightness, _, _ = lab_targets(images, 1, config.colorization.quantize)
-        return lightness
-    mean = jnp.asarray(tuple(config.input.mean), jnp.float32)
-    std = jnp.asarray(tuple(config.input.std), jnp.float32)
-    return (images.astype(jnp.float32) / 255.0 - mean) / std
 
-
-def make_feature_fn(config: ml_collections.ConfigDict, size: int):
+def make_feature_fn(task: Pretext, features: ml_collections.ConfigDict | None, size: int):
     """A jitted ``(trunk_variables, images uint8 (B, S, S, 3)) -> {layer: float32 (B, D)}``.
 
     ``trunk_variables`` is {"params", "batch_stats"} of the trunk alone (see ``trunk_variables``).
-    Pooling follows PROTOCOLS.md's table unless config.features.pooling == "adaptive", which
-    pools every tap to the table's output grid whatever the input size.
+    Pooling follows PROTOCOLS.md's table unless ``features.pooling == "adaptive"``, which pools
+    every tap to the table's output grid whatever the input size.
     """
-    trunk = make_trunk(config.model, jnp.float32).clone(bn_group_size=None)
-    specs = layer_specs(config)
-    features_config = config.get("features", ml_collections.ConfigDict())
-    adaptive = features_config.get("pooling", "table") == "adaptive"
-    table_size = default_size(config.model)
+    model_config = task.config.model
+    trunk = make_trunk(model_config, jnp.float32).clone(bn_group_size=None)
+    specs = layer_specs(model_config, features)
+    adaptive = (features or {}).get("pooling", "table") == "adaptive"
+    table_size = default_size(model_config)
 
-    def grid_of(name, spec, tap):
-        if spec == "global":
-            return None
+    def grid_of(spec, tap):
         # The table's output grid at the table's input size, from the tap's size at that size.
         scale = tap.shape[1] * table_size / size
         return _output_grid(spec, round(scale))
 
-    def features(variables, images):
-        _, taps = trunk.apply(variables, model_inputs(config, images), train=False)
+    def extract_taps(variables, images):
+        _, taps = trunk.apply(variables, task.model_inputs(images), train=False)
         taps = dict(taps)
         if "pool5" in specs:
             taps["pool5"] = taps["res5"]
         out = {}
         for name, spec in specs.items():
             if adaptive and spec != "global":
-                out[name] = adaptive_pool(taps[name], grid_of(name, spec, taps[name]))
+                out[name] = adaptive_pool(taps[name], grid_of(spec, taps[name]))
             else:
                 out[name] = pool_tap(taps[name], spec)
         return out
 
-    return jax.jit(features)
+    return jax.jit(extract_taps)
 
 
 def trunk_variables(variables: dict[str, Any]) -> dict[str, Any]:
@@ -198,33 +216,29 @@ def trunk_variables(variables: dict[str, Any]) -> dict[str, Any]:
     return {"params": params, "batch_stats": variables.get("batch_stats", {}).get("trunk", {})}
 
 
-def feature_dims(config: ml_collections.ConfigDict, size: int) -> dict[str, int]:
-    """Width of each layer's features, from shapes alone."""
-    fn = make_feature_fn(config, size)
-    trunk = make_trunk(config.model, jnp.float32)
-    channels = 1 if config.task == "colorization" else 3
-    example = jnp.zeros((1, size, size, channels), jnp.float32)
+def feature_dims(
+    task: Pretext, features: ml_collections.ConfigDict | None, size: int
+) -> dict[str, int]:
+    """Width of each layer's features, from shapes alone (in the table's order)."""
+    fn = make_feature_fn(task, features, size)
+    trunk = make_trunk(task.config.model, jnp.float32)
+    example = jnp.zeros((1, size, size, task.input_channels), jnp.float32)
     variables = jax.eval_shape(lambda: trunk.init(jax.random.PRNGKey(0), example, train=False))
     shapes = jax.eval_shape(fn, variables, jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8))
-    return {name: int(shapes[name].shape[1]) for name in layer_specs(config)}  # table order
+    return {name: int(shapes[name].shape[1]) for name in layer_specs(task.config.model, features)}
 
 
 def _read_json(path: str) -> dict | None:
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return paths.read_json(path) if paths.isfile(path) else None
 
 
-def _write_json(path: str, value: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
+def _part(out_dir: str, name: str, first: int) -> str:
+    return paths.join(out_dir, name, f"{first:09d}.npy")
 
 
 def extract(
-    config: ml_collections.ConfigDict,
+    task: Pretext,
+    features: ml_collections.ConfigDict | None,
     variables: dict[str, Any],
     dataset,
     out_dir: str,
@@ -236,11 +250,11 @@ def extract(
     """Writes the pooled taps of every image of ``dataset`` to ``out_dir``; resumes.
 
     Args:
-      config: the pretraining run's config (task, model, input; optional features.layers /
-        features.pooling).
+      task: the pretext task whose trunk is evaluated (model config, input convention).
+      features: the feature settings (layers, pooling), or None for the table's.
       variables: the trunk's {"params", "batch_stats"} (``trunk_variables``), any sharding.
-      dataset: an ``ssl_jax.evals.datasets.LabelledSet``.
-      out_dir: where the arrays go (created).
+      dataset: an ``ssl_jax.data.labelled.LabelledSet`` (with its labels).
+      out_dir: where the arrays go (local or a URL; created).
       batch_size: global images per forward pass; a multiple of the device count.
       size: input size; None for 224 (ResNet) / 227 (AlexNet).
       description: what the weights are (a workdir and step), stored in meta.json; a different
@@ -249,69 +263,61 @@ def extract(
     Returns:
       meta.json's content: {"layers": {name: dim}, "num_examples", "skipped", ...}.
     """
-    size = size or default_size(config.model)
-    devices = jax.device_count()
-    if batch_size % devices:
+    model_config = task.config.model
+    size = size or default_size(model_config)
+    devices, processes = jax.device_count(), jax.process_count()
+    if batch_size % devices or batch_size % processes:
         raise ValueError(
-            f"Feature batch {batch_size} does not split over {devices} devices; set "
-            f"config.features.batch_size to a multiple of {devices}."
+            f"Feature batch {batch_size} does not split over {devices} devices in {processes} "
+            f"processes; set config.features.batch_size to a multiple of {devices}."
         )
+    dataset = dataset.with_labels()
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
     batch_sharding = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
     n = dataset.num_examples
-    dims = feature_dims(config, size)
+    dims = feature_dims(task, features, size)
+    part_rows = PART_BATCHES * batch_size
     meta = {
+        "format": FORMAT,
         "dataset": dataset.name,
         "num_examples": n,
         "num_classes": len(dataset.class_names),
         "class_names": list(dataset.class_names),
         "layers": dims,
         "size": size,
-        "model": config.model.to_dict(),
-        "task": config.task,
+        "model": model_config.to_dict(),
+        "task": task.name,
+        "input_channels": task.input_channels,
         "weights": description,
         "batch_size": batch_size,
-        "process_count": jax.process_count(),
+        "part_rows": part_rows,
     }
-    os.makedirs(out_dir, exist_ok=True)
-    meta_path, progress_path = (os.path.join(out_dir, f) for f in ("meta.json", "progress.json"))
+    meta_path, progress_path = (paths.join(out_dir, f) for f in ("meta.json", "progress.json"))
     old = _read_json(meta_path)
-    progress = _read_json(progress_path) if old == meta else None
+    same = old is not None and {k: v for k, v in old.items() if k not in _OUTCOME} == meta
+    progress = _read_json(progress_path) if same else None
     done = int(progress["rows"]) if progress else 0
     if done >= n:
-        return meta
-    leader = jax.process_index() == 0
-    mode = "r+" if done else "w+"
-    if leader:
-        if not done:
-            _write_json(meta_path, meta)
-            np.save(os.path.join(out_dir, "labels.npy"), dataset.labels.astype(np.int8))
-            with open(os.path.join(out_dir, "ids.txt"), "w") as f:
-                f.write("\n".join(str(i) for i in dataset.ids) + "\n")
-        arrays = {
-            name: np.lib.format.open_memmap(
-                os.path.join(out_dir, f"{name}.npy"), mode=mode, dtype=np.float32, shape=(n, dim)
-            )
-            for name, dim in dims.items()
-        }
-        ok_all = np.lib.format.open_memmap(
-            os.path.join(out_dir, "ok.npy"), mode=mode, dtype=np.bool_, shape=(n,)
-        )
-    else:
-        arrays, ok_all = {}, None
+        return old
+    leader = base.is_leader()
+    if leader and not done:
+        paths.makedirs(out_dir)
+        paths.write_json(meta_path, meta)
+        paths.write_json(progress_path, {"rows": 0})
+        paths.save_npy(paths.join(out_dir, "labels.npy"), dataset.labels.astype(np.int8))
+        paths.write_text(paths.join(out_dir, "ids.txt"), "\n".join(map(str, dataset.ids)) + "\n")
 
     variables = jax.device_put(variables, replicated)
-    fn = make_feature_fn(config, size)
-    processes, index = jax.process_count(), jax.process_index()
+    fn = make_feature_fn(task, features, size)
+    index = jax.process_index()
     local = batch_size // processes
-    if batch_size % processes:
-        raise ValueError(f"Feature batch {batch_size} does not split over {processes} processes.")
     # Global batch b holds positions [b * batch_size, (b + 1) * batch_size); process p reads its
     # strided share of them, so that every process walks the same number of batches.
     ds = dataset.images(size=size, process_index=index, process_count=processes)
     ds = ds.skip(done // processes).batch(local).prefetch(2)
-    start, written = time.perf_counter(), done
+    start, written, resumed_at = time.perf_counter(), done, done
+    part: dict[str, list[np.ndarray]] = {}
     for batch in ds.as_numpy_iterator():
         count = len(batch["position"])
         if count < local:  # the last, partial batch: pad with blanks that are never written
@@ -324,65 +330,85 @@ def extract(
                 "ok": np.concatenate([batch["ok"], np.zeros(pad, bool)]),
             }
         images = jax.make_array_from_process_local_data(batch_sharding, batch["image"])
-        out = fn(variables, images)
-        positions, ok = batch["position"], batch["ok"]
-        if processes > 1:
-            from jax.experimental import multihost_utils
-
-            positions = np.asarray(multihost_utils.process_allgather(positions)).reshape(-1)
-            ok = np.asarray(multihost_utils.process_allgather(ok)).reshape(-1)
-        out = {name: _fetch(value) for name, value in out.items()}
-        if leader:
-            keep = positions >= 0
-            rows = positions[keep]
-            for name, value in out.items():
-                arrays[name][rows] = value[keep]
-            ok_all[rows] = ok[keep]
-            written += int(keep.sum())
-            for array in (*arrays.values(), ok_all):
-                array.flush()
-            _write_json(progress_path, {"rows": written})
-        else:
-            written += int((positions >= 0).sum())
-        if written and (written // batch_size) % 20 == 0:
-            rate = (written - done) / max(time.perf_counter() - start, 1e-9)
+        out = {name: _fetch(value) for name, value in fn(variables, images).items()}
+        positions, ok = _gather(batch["position"]), _gather(batch["ok"])
+        keep = positions >= 0
+        order = np.argsort(positions[keep], kind="stable")  # global batches are in row order
+        for name, value in out.items():
+            part.setdefault(name, []).append(value[keep][order])
+        part.setdefault("ok", []).append(ok[keep][order])
+        written += int(keep.sum())
+        if written - done >= part_rows or written >= n:
+            if leader:
+                for name, chunks in part.items():
+                    paths.save_npy(_part(out_dir, name, done), np.concatenate(chunks))
+                paths.write_json(progress_path, {"rows": written})
+            part, done = {}, written
+            rate = (written - resumed_at) / max(time.perf_counter() - start, 1e-9)
             _log.info("features %s: %d/%d images (%.1f img/s)", dataset.name, written, n, rate)
     if leader:
-        skipped = int(n - np.count_nonzero(ok_all))
-        meta["skipped"] = skipped
+        ok_all = np.concatenate(
+            [paths.load_npy(_part(out_dir, "ok", first)) for first in _parts(n, part_rows)]
+        )
+        meta["skipped"] = int(n - np.count_nonzero(ok_all))
         meta["seconds"] = time.perf_counter() - start
-        _write_json(meta_path, meta)
-        _write_json(progress_path, {"rows": n})
+        paths.write_json(meta_path, meta)
+        paths.write_json(progress_path, {"rows": n})
+    base.barrier(f"features {out_dir}")
     return meta
+
+
+def _parts(n: int, part_rows: int) -> range:
+    """The first rows of the stored parts of n rows."""
+    return range(0, n, part_rows)
+
+
+def _gather(local: np.ndarray) -> np.ndarray:
+    """Every process's rows of a per-process array, in process order."""
+    if jax.process_count() == 1:
+        return np.asarray(local)
+    return np.asarray(multihost_utils.process_allgather(local)).reshape(-1, *local.shape[1:])
 
 
 def _fetch(value: jax.Array) -> np.ndarray:
     """A global array's full value on every process."""
     if jax.process_count() == 1:
         return np.asarray(value)
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(value, tiled=True))
 
 
-def load(out_dir: str) -> dict[str, Any]:
-    """Features written by ``extract``: meta, labels, ids, ok, and layers (name -> memmap)."""
-    meta = _read_json(os.path.join(out_dir, "meta.json"))
-    progress = _read_json(os.path.join(out_dir, "progress.json"))
-    if meta is None or progress is None or progress["rows"] < meta["num_examples"]:
-        raise FileNotFoundError(
-            f"{out_dir} holds no complete feature extraction; run the evaluation again to "
-            "finish it."
-        )
-    with open(os.path.join(out_dir, "ids.txt")) as f:
-        ids = f.read().splitlines()
-    return {
-        "meta": meta,
-        "labels": np.load(os.path.join(out_dir, "labels.npy")),
-        "ids": ids,
-        "ok": np.load(os.path.join(out_dir, "ok.npy")),
-        "layers": {
-            name: np.load(os.path.join(out_dir, f"{name}.npy"), mmap_mode="r")
-            for name in meta["layers"]
-        },
-    }
+class Stored:
+    """Features written by ``extract``: meta, labels (N, C), ids, ok (N,), and each layer's rows
+    read on demand (``layer(name)``, float32 (N, D)), one layer in memory at a time."""
+
+    def __init__(self, out_dir: str):
+        meta = _read_json(paths.join(out_dir, "meta.json"))
+        progress = _read_json(paths.join(out_dir, "progress.json"))
+        if (
+            meta is None
+            or meta.get("format") != FORMAT
+            or progress is None
+            or progress["rows"] < meta["num_examples"]
+        ):
+            raise FileNotFoundError(
+                f"{out_dir} holds no complete feature extraction; run the evaluation again to "
+                "finish it."
+            )
+        self.out_dir, self.meta = out_dir, meta
+        self.labels = paths.load_npy(paths.join(out_dir, "labels.npy"))
+        self.ids = paths.read_text(paths.join(out_dir, "ids.txt")).splitlines()
+        self.ok = self._rows("ok")
+
+    def _rows(self, name: str) -> np.ndarray:
+        parts = _parts(self.meta["num_examples"], self.meta["part_rows"])
+        return np.concatenate([paths.load_npy(_part(self.out_dir, name, first)) for first in parts])
+
+    def layer(self, name: str) -> np.ndarray:
+        if name not in self.meta["layers"]:
+            raise KeyError(f"{name!r} is not a stored layer; stored: {list(self.meta['layers'])}.")
+        return self._rows(name)
+
+
+def load(out_dir: str) -> Stored:
+    """The features ``extract`` wrote in ``out_dir`` (complete, else FileNotFoundError)."""
+    return Stored(out_dir)

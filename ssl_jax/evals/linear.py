@@ -6,21 +6,20 @@
 One jitted step runs the frozen trunk once (inference-mode BatchNorm; its variables are an input
 of the step, never part of the optimised state, and the features pass through stop_gradient)
 and trains one head per tap together: the tap average-pooled as the table of
-``ssl_jax.evals.features`` -> BatchNorm (no scale/shift for Jigsaw ResNets and AlexNets, with
-scale/shift for Colorization ResNets) -> linear layer (N(0, 0.01) weights, zero bias) -> softmax
-cross-entropy; the per-head losses are summed. The loop is the pretraining trainer's: batch
-split over the mesh's "data" axis, heads replicated, orbax checkpoints of
-{params, batch_stats, opt_state, step} with the input position, metrics.jsonl / TensorBoard and a
-progress bar; rerunning the command resumes. At the end every test image is classified once
-(resize 256, centre crop 224 / 227): E/results.json (top-1 / top-5 per layer, %) and
-E/results.md.
+``ssl_jax.evals.features`` -> BatchNorm (no scale/shift, except for the trunks whose task says
+so: Colorization ResNets) -> linear layer (N(0, 0.01) weights, zero bias) -> softmax
+cross-entropy; the per-head losses are summed. The loop is the library's one loop
+(``ssl_jax.train.loop``): batch split over the mesh's "data" axis, heads replicated, orbax
+checkpoints of {params, batch_stats, opt_state, step} with the input position, metrics.jsonl /
+TensorBoard and a progress bar; rerunning the command resumes. At the end (and every
+``train.eval_every`` steps) every test image is classified once (resize 256, centre crop
+224 / 227): workdir/results.json (top-1 / top-5 per layer, %) and results.md.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
-import os
 import time
 from typing import Any
 
@@ -33,21 +32,120 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ssl_jax import config_lib
+from ssl_jax import config_lib, paths
+from ssl_jax.evals import base
 from ssl_jax.evals import features as features_lib
-from ssl_jax.evals import linear_config
 from ssl_jax.models.batchnorm import GroupedBatchNorm
+from ssl_jax.pretext import Pretext
 from ssl_jax.train import checkpoint as ckpt_lib
-from ssl_jax.train import metrics as metrics_lib
+from ssl_jax.train import loop
 from ssl_jax.train import optim as optim_lib
-from ssl_jax.train import trainer
 
 _log = logging.getLogger(__name__)
 
-EVALUATION = "linear"
 BN_SETTINGS = ("auto", "on", "off")
+AUGMENTATIONS = ("random_resized_crop", "resize_crop")
 WEIGHT_DECAY = {"resnet": 1e-4, "alexnet": 5e-4}  # PROTOCOLS.md, by trunk
 WEIGHTS_FILE = "linear_weights.json"  # which trunk the checkpointed heads were trained on
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """The benchmark's fields at PROTOCOLS.md's values (ImageNet-1k from TFDS); "auto" / -1
+    resolve from the trunk's task and model."""
+    c = base.evaluator_config("linear")
+    c.features = ml_collections.ConfigDict()
+    c.features.layers = ()  # () = every tap of the trunk's pooling table
+    c.features.size = 0  # input side; 0: 224 (ResNet) / 227 (AlexNet), as PROTOCOLS.md
+    c.features.pooling = "table"  # table | adaptive (other input sizes)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train = base.labelled_split("tfds", "train", name="imagenet2012")
+    c.data.test = base.labelled_split("tfds", "validation", name="imagenet2012")
+
+    c.input = ml_collections.ConfigDict()
+    # auto: the task's (random_resized_crop + flip; Colorization: resize_crop: resize, crop, flip)
+    c.input.train_augment = "auto"
+    c.input.resize_short = 0  # test resize (and resize_crop's); 0: 256 (scaled for other sizes)
+    c.input.flip = True
+
+    c.head = ml_collections.ConfigDict()
+    # BN before each linear layer: auto = the task's (no scale/shift for Jigsaw ResNets and
+    # AlexNets, with scale/shift for Colorization ResNets); or "on" / "off".
+    c.head.bn_scale_shift = "auto"
+    c.head.init_std = 0.01  # linear weights ~ N(0, init_std^2), bias 0
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.batch_size = 256
+    c.optim.lr = 0.01
+    c.optim.momentum = 0.9
+    c.optim.nesterov = True
+    c.optim.weight_decay = -1.0  # -1: 1e-4 (ResNet) / 5e-4 (AlexNet); never on BN
+    c.optim.steps = 140_000
+    c.optim.decay_every = 40_000  # lr x decay_factor every this many steps
+    c.optim.decay_factor = 0.1
+
+    c.test = ml_collections.ConfigDict()
+    c.test.batch_size = 256
+
+    c.train = ml_collections.ConfigDict()
+    c.train.log_every = 100
+    c.train.checkpoint_every = 5000  # a multiple of log_every
+    c.train.keep_checkpoints = 2
+    c.train.eval_every = 0  # > 0: also test every N steps (a multiple of log_every); 0: at the end
+    c.train.stop_after_steps = ml_collections.FieldReference(None, field_type=int)
+    c.train.progress_bar = True
+    return c
+
+
+ARGS = dict(runlocal=False, train="", test="", tfds="", train_split="train", test_split="")
+
+
+def apply_args(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) -> None:
+    """``train=PATH,test=PATH`` (image folders with class subfolders, or file lists of
+    "path label" lines), or ``tfds=NAME`` (with ``train_split`` / ``test_split``), then
+    ``runlocal`` (the demo set unless data was named, a short schedule at 96 pixels)."""
+    if bool(arg.train) != bool(arg.test):
+        raise config_lib.ConfigError(
+            f"Give both train=PATH and test=PATH as config arguments (got train={arg.train!r}, "
+            f"test={arg.test!r})."
+        )
+    if arg.train and arg.tfds:
+        raise config_lib.ConfigError(
+            f"Give train=PATH,test=PATH or tfds={arg.tfds!r} as config arguments, not both."
+        )
+    if arg.train:
+        for which, path in (("train", arg.train), ("test", arg.test)):
+            kind = "filelist" if paths.isfile(path) else "folder"
+            c.data[which] = base.labelled_split(kind, which, path)
+    if arg.tfds:
+        c.data.train = base.labelled_split("tfds", arg.train_split, name=arg.tfds)
+        c.data.test = base.labelled_split("tfds", arg.test_split or "validation", name=arg.tfds)
+    elif arg.test_split:
+        c.data.test.split = arg.test_split
+    if arg.runlocal:
+        runlocal(c, demo=not (arg.train or arg.tfds))
+
+
+def runlocal(c: ml_collections.ConfigDict, demo: bool = True) -> None:
+    """A run of about a minute on 2 CPU cores: 96-pixel inputs with adaptive pooling (the
+    table's grids), batch 32, 150 steps, and with ``demo`` the packaged photos as a 6-class set.
+
+    Demo splits: train is crops [0, 1024) of the demo set and test crops [1024, 1216), so the
+    test images are different crops of the same six photos (label = which photo).
+    """
+    if demo:
+        c.data.train = base.labelled_split("demo", "train")
+        c.data.train.demo_size = 1024
+        c.data.test = base.labelled_split("demo", "test")
+        c.data.test.demo_size, c.data.test.first = 1216, 1024
+    c.features.size = 96
+    c.features.pooling = "adaptive"
+    c.optim.batch_size = 32
+    c.optim.steps = 150
+    c.optim.decay_every = 100
+    c.test.batch_size = 64
+    c.train.log_every = 25
+    c.train.checkpoint_every = 50
 
 
 class LinearHeads(nn.Module):
@@ -76,129 +174,6 @@ class LinearHeads(nn.Module):
                 name=f"{name}_fc",
             )(x)
         return logits
-
-
-def bn_scale_shift(run_config: ml_collections.ConfigDict, setting: str = "auto") -> bool:
-    """Whether the heads' BatchNorm learns scale and shift: PROTOCOLS.md's rule for "auto"."""
-    if setting not in BN_SETTINGS:
-        raise config_lib.ConfigError(
-            f"config.head.bn_scale_shift={setting!r}; allowed: {', '.join(BN_SETTINGS)}."
-        )
-    if setting != "auto":
-        return setting == "on"
-    return run_config.model.name == "resnet" and run_config.task == "colorization"
-
-
-def weight_decay(config: ml_collections.ConfigDict, run_config: ml_collections.ConfigDict):
-    wd = float(config.optim.weight_decay)
-    return WEIGHT_DECAY[run_config.model.name] if wd < 0 else wd
-
-
-def train_augment(config: ml_collections.ConfigDict, run_config: ml_collections.ConfigDict):
-    """PROTOCOLS.md: Colorization trunks train on resize + random crop, others on RRC."""
-    setting = config.input.train_augment
-    if setting == "auto":
-        return "resize_crop" if run_config.task == "colorization" else "random_resized_crop"
-    return setting
-
-
-def input_size(config: ml_collections.ConfigDict, run_config: ml_collections.ConfigDict) -> int:
-    return int(config.features.size) or features_lib.default_size(run_config.model)
-
-
-def resize_short(config: ml_collections.ConfigDict, size: int) -> int:
-    """The test resize: config.input.resize_short, else 256 (scaled as 256/224 for other sizes)."""
-    if config.input.resize_short:
-        return int(config.input.resize_short)
-    return 256 if size in (224, 227) else round(size * 256 / 224)
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError for a linear-evaluation config that cannot run; before anything loads."""
-    if config.evaluation != EVALUATION:
-        raise config_lib.ConfigError(
-            f"config.evaluation={config.evaluation!r}; this module runs {EVALUATION!r}."
-        )
-    if not config.pretrained:
-        raise config_lib.ConfigError(
-            "config.pretrained is empty: name the pretraining workdir to evaluate, "
-            "--config.pretrained=/path/to/workdir (add --config.random_init=True for the same "
-            "trunk with random weights)."
-        )
-    if not os.path.isfile(os.path.join(config.pretrained, "config.json")):
-        raise config_lib.ConfigError(
-            f"config.pretrained={config.pretrained!r} has no config.json: it is not a workdir "
-            "written by `python -m ssl_jax.main`."
-        )
-    check_settings(config, trainer.load_run_config(config.pretrained))
-
-
-def check_settings(config: ml_collections.ConfigDict, run_config: ml_collections.ConfigDict):
-    """The checks that need the trunk's config (also run when weights are passed in)."""
-    from ssl_jax import data as data_lib  # TensorFlow: only where data is read
-
-    o = config.optim
-    for key in ("steps", "decay_every", "batch_size"):
-        if int(o[key]) <= 0:
-            raise config_lib.ConfigError(f"config.optim.{key}={o[key]} must be positive.")
-    if not float(o.lr) > 0:
-        raise config_lib.ConfigError(f"config.optim.lr={o.lr} must be positive.")
-    devices = jax.device_count()
-    for key, value in (
-        ("optim.batch_size", o.batch_size),
-        ("test.batch_size", config.test.batch_size),
-    ):
-        if value <= 0 or value % devices or value % jax.process_count():
-            raise config_lib.ConfigError(
-                f"config.{key}={value} does not split evenly over {devices} devices; use a "
-                f"positive multiple of {devices}."
-            )
-    t = config.train
-    if t.checkpoint_every % t.log_every or (t.eval_every and t.eval_every % t.log_every):
-        raise config_lib.ConfigError(
-            f"config.train.checkpoint_every={t.checkpoint_every} and config.train.eval_every="
-            f"{t.eval_every} must be multiples of config.train.log_every={t.log_every}."
-        )
-    augment = config.input.train_augment
-    if augment != "auto" and augment not in linear_config.AUGMENTATIONS:
-        raise config_lib.ConfigError(
-            f"config.input.train_augment={augment!r}; allowed: auto, "
-            f"{', '.join(linear_config.AUGMENTATIONS)}."
-        )
-    bn_scale_shift(run_config, config.head.bn_scale_shift)
-    if config.features.pooling not in ("table", "adaptive"):
-        raise config_lib.ConfigError(
-            f"config.features.pooling={config.features.pooling!r}; allowed: table, adaptive."
-        )
-    try:
-        features_lib.layer_specs(_feature_config(config, run_config))
-    except ValueError as e:
-        raise config_lib.ConfigError(str(e)) from e
-    size = input_size(config, run_config)
-    if resize_short(config, size) < size:
-        raise config_lib.ConfigError(
-            f"config.input.resize_short={config.input.resize_short} is smaller than the "
-            f"{size}-pixel input (config.features.size); use at least {size}."
-        )
-    for which in ("train", "test"):
-        source = config.data[which].source
-        if source not in data_lib.SOURCES:
-            raise config_lib.ConfigError(
-                f"config.data.{which}.source={source!r}; allowed: {', '.join(data_lib.SOURCES)}."
-            )
-
-
-def _feature_config(config, run_config) -> ml_collections.ConfigDict:
-    """The pretraining config with this evaluation's feature settings (layers, pooling)."""
-    out = ml_collections.ConfigDict(run_config.to_dict())
-    out.features = config.features
-    return out
-
-
-def _load_weights(config):
-    from ssl_jax.evals import run as run_lib
-
-    return run_lib.load_weights(config)
 
 
 def make_train_step(feature_fn, heads: LinearHeads, tx, schedule):
@@ -264,9 +239,8 @@ def make_test_step(feature_fn, heads: LinearHeads, num_classes: int):
     return test_step
 
 
-def _plan(config, num_examples: int) -> optim_lib.Plan:
-    """The step-based recipe as the trainer's Plan: no warm-up, x decay_factor every
-    decay_every steps."""
+def plan(config: ml_collections.ConfigDict, num_examples: int) -> optim_lib.Plan:
+    """The step-based recipe as a Plan: no warm-up, x decay_factor every decay_every steps."""
     o = config.optim
     return optim_lib.Plan(
         num_examples=num_examples,
@@ -280,263 +254,257 @@ def _plan(config, num_examples: int) -> optim_lib.Plan:
     )
 
 
-def _check_workdir(workdir: str, description: str, has_checkpoint: bool) -> None:
+class LinearBenchmark:
+    """Linear classifiers on every frozen layer (``ssl_jax.evals.base``); ``mesh`` narrows the
+    devices it runs on (None: every device)."""
+
+    def __init__(
+        self, config: ml_collections.ConfigDict, task: Pretext, *, mesh: Mesh | None = None
+    ):
+        self.config, self.task = config, task
+        self.mesh = mesh
+        o, t = config.optim, config.train
+        for key in ("steps", "decay_every", "batch_size"):
+            if int(o[key]) <= 0:
+                raise config_lib.ConfigError(f"config.optim.{key}={o[key]} must be positive.")
+        if not float(o.lr) > 0:
+            raise config_lib.ConfigError(f"config.optim.lr={o.lr} must be positive.")
+        devices = jax.device_count()
+        for key, value in (
+            ("optim.batch_size", o.batch_size),
+            ("test.batch_size", config.test.batch_size),
+        ):
+            if value <= 0 or value % devices or value % jax.process_count():
+                raise config_lib.ConfigError(
+                    f"config.{key}={value} does not split evenly over {devices} devices; use a "
+                    f"positive multiple of {devices}."
+                )
+        if t.checkpoint_every % t.log_every or (t.eval_every and t.eval_every % t.log_every):
+            raise config_lib.ConfigError(
+                f"config.train.checkpoint_every={t.checkpoint_every} and config.train.eval_every="
+                f"{t.eval_every} must be multiples of config.train.log_every={t.log_every}."
+            )
+        augment = config.input.train_augment
+        if augment != "auto" and augment not in AUGMENTATIONS:
+            raise config_lib.ConfigError(
+                f"config.input.train_augment={augment!r}; allowed: auto, "
+                f"{', '.join(AUGMENTATIONS)}."
+            )
+        if config.head.bn_scale_shift not in BN_SETTINGS:
+            raise config_lib.ConfigError(
+                f"config.head.bn_scale_shift={config.head.bn_scale_shift!r}; allowed: "
+                f"{', '.join(BN_SETTINGS)}."
+            )
+        features_lib.check_config(config.features, task.config.model)
+        base.check_splits(config)
+        size = self.input_size
+        if self.resize_short < size:
+            raise config_lib.ConfigError(
+                f"config.input.resize_short={config.input.resize_short} is smaller than the "
+                f"{size}-pixel input (config.features.size); use at least {size}."
+            )
+
+    @property
+    def input_size(self) -> int:
+        return int(self.config.features.size) or features_lib.default_size(self.task.config.model)
+
+    @property
+    def resize_short(self) -> int:
+        """The test resize: config.input.resize_short, else 256 (scaled as 256/224 for other
+        sizes)."""
+        if self.config.input.resize_short:
+            return int(self.config.input.resize_short)
+        size = self.input_size
+        return 256 if size in (224, 227) else round(size * 256 / 224)
+
+    @property
+    def augment(self) -> str:
+        """PROTOCOLS.md: the task's training augmentation, unless the config names one."""
+        setting = self.config.input.train_augment
+        return self.task.linear_augment if setting == "auto" else setting
+
+    @property
+    def scale_shift(self) -> bool:
+        setting = self.config.head.bn_scale_shift
+        return self.task.linear_bn_scale_shift if setting == "auto" else setting == "on"
+
+    @property
+    def weight_decay(self) -> float:
+        wd = float(self.config.optim.weight_decay)
+        return WEIGHT_DECAY[self.task.config.model.name] if wd < 0 else wd
+
+    def run(self, weights: base.Weights, workdir: str) -> dict[str, float]:
+        """Trains the heads (resuming from workdir's checkpoint), tests them, writes the results.
+
+        Returns:
+          top-1 (%) of every layer, by layer name; results.json also has top-5.
+        """
+        from ssl_jax import data as data_lib  # TensorFlow: only where data is read
+
+        config = self.config
+        start = time.perf_counter()
+        mesh = self.mesh or loop.make_mesh()
+        replicated = NamedSharding(mesh, P())
+        batch_sharding = NamedSharding(mesh, P("data"))
+        local_batch = loop.local_batch_size(config.optim.batch_size, mesh)
+        local_test_batch = loop.local_batch_size(
+            config.test.batch_size, mesh, "config.test.batch_size"
+        )
+        paths.makedirs(workdir)
+
+        train_set = data_lib.make_labelled(config.data.train, config_key="config.data.train")
+        test_set = data_lib.make_labelled(config.data.test, config_key="config.data.test")
+        for labelled, key in ((train_set, "config.data.train"), (test_set, "config.data.test")):
+            labelled.check_single_label(key)
+        data_lib.check_compatible(train_set, test_set)
+        size, short, augment = self.input_size, self.resize_short, self.augment
+        dims = features_lib.feature_dims(self.task, config.features, size)
+        layers = tuple(dims)
+        heads = LinearHeads(layers, train_set.num_classes, self.scale_shift, config.head.init_std)
+        run_plan = plan(config, train_set.num_examples)
+        schedule = optim_lib.make_schedule(run_plan, config.optim.decay_factor)
+        _log.info(
+            "linear: %s; %d train images (%s), %d classes, %d test images; %s at %d px, heads "
+            "on %s; %d steps of %d, lr %.3g x%.3g every %d",
+            weights.description, run_plan.num_examples, train_set.name, train_set.num_classes,
+            test_set.num_examples, augment, size, dict(dims), run_plan.total_steps,
+            run_plan.batch_size, run_plan.peak_lr, config.optim.decay_factor,
+            config.optim.decay_every,
+        )  # fmt: skip
+        example = {name: jnp.zeros((1, dim), jnp.float32) for name, dim in dims.items()}
+        optim = ml_collections.ConfigDict(
+            {
+                "weight_decay": self.weight_decay,
+                "momentum": config.optim.momentum,
+                "nesterov": config.optim.nesterov,
+            }
+        )
+        state, tx = loop.create_state(
+            lambda rng: heads.init(rng, example, train=False),
+            lambda batch_stats: optim_lib.make_optimizer(optim, schedule, batch_stats),
+            config.seed,
+            replicated,
+        )
+        trunk = jax.device_put(features_lib.trunk_variables(weights.variables), replicated)
+        feature_fn = features_lib.make_feature_fn(self.task, config.features, size)
+        _check_workdir(workdir, weights.description)
+
+        train_step = jax.jit(
+            make_train_step(feature_fn, heads, tx, schedule),
+            in_shardings=(replicated, replicated, batch_sharding),
+            out_shardings=(replicated, replicated),
+            donate_argnums=0,
+        )
+        test_step = jax.jit(
+            make_test_step(feature_fn, heads, train_set.num_classes),
+            in_shardings=(replicated, replicated, batch_sharding),
+            out_shardings=replicated,
+        )
+
+        def test(state, step=None) -> dict[str, int]:
+            batches = data_lib.labelled_test_batches(
+                test_set, config.data.test, size=size, resize_short=short,
+                local_batch_size=local_test_batch, process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )  # fmt: skip
+            head_variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+            totals = None
+            for local in batches:
+                batch = {
+                    k: jax.make_array_from_process_local_data(batch_sharding, v)
+                    for k, v in local.items()
+                }
+                counts = jax.device_get(test_step(head_variables, trunk, batch))
+                totals = counts if totals is None else jax.tree.map(np.add, totals, counts)
+            tested.update({k: int(v) for k, v in totals.items()})
+            return _test_scalars(tested, layers)
+
+        def batches(start):
+            return data_lib.labelled_train_iterator(
+                train_set, config.data.train, augment=augment, size=size, resize_short=short,
+                flip=bool(config.input.flip), local_batch_size=local_batch, seed=config.seed,
+                process_index=jax.process_index(), process_count=jax.process_count(),
+                start=start,
+            )  # fmt: skip
+
+        tested: dict[str, int] = {}
+        outcome = loop.run(
+            state,
+            functools.partial(_call_with_trunk, train_step, trunk),
+            batches,
+            workdir=workdir,
+            train=config.train,
+            total_steps=run_plan.total_steps,
+            batch_size=run_plan.batch_size,
+            steps_per_epoch=run_plan.steps_per_epoch,
+            mesh=mesh,
+            periodic=[loop.Periodic("test", int(config.train.eval_every), test)],
+            skipped_images=data_lib.skipped_count,
+            what="linear evaluation",
+            diverged_fix="Lower config.optim.lr",
+        )
+        if outcome.preempted:
+            return {}
+        if not tested:  # finished before this run: test the restored heads
+            test(outcome.state)
+        count = tested["count"]
+        results = {
+            "evaluation": "linear",
+            "weights": weights.description,
+            "pretrained": paths.abspath(config.pretrained) if config.pretrained else None,
+            "pretrained_step": weights.step,
+            "random_init": bool(config.random_init),
+            "task": self.task.name,
+            "model": self.task.config.model.to_dict(),
+            "step": int(outcome.step),
+            "steps": run_plan.total_steps,
+            "num_classes": train_set.num_classes,
+            "train": {"dataset": train_set.name, "images": run_plan.num_examples},
+            "test": {"dataset": test_set.name, "images": count,
+                     "skipped": test_set.num_examples - count},
+            "input": {"size": size, "resize_short": short, "train_augment": augment},
+            "head_bn_scale_shift": self.scale_shift,
+            "layers": {
+                name: {"top1": 100.0 * tested[f"top1/{name}"] / max(count, 1),
+                       "top5": 100.0 * tested[f"top5/{name}"] / max(count, 1),
+                       "dims": int(dims[name])}
+                for name in layers
+            },
+            "train_metrics": outcome.metrics,
+            "seconds": time.perf_counter() - start,
+            "config": config.to_dict(),
+        }  # fmt: skip
+        table = markdown_table(results)
+        base.write_results(workdir, results, table)
+        _log.info("\n%s", table)
+        return {name: r["top1"] for name, r in results["layers"].items()}
+
+
+def _call_with_trunk(train_step, trunk, state, batch):
+    return train_step(state, trunk, batch)
+
+
+def _check_workdir(workdir: str, description: str) -> None:
     """Refuses to resume heads that were trained on other weights."""
-    path = os.path.join(workdir, WEIGHTS_FILE)
-    if has_checkpoint and os.path.isfile(path):
-        with open(path) as f:
-            previous = json.load(f)["weights"]
+    path = paths.join(workdir, WEIGHTS_FILE)
+    if ckpt_lib.saved_steps(workdir) and paths.isfile(path):
+        previous = paths.read_json(path)["weights"]
         if previous != description:
             raise ValueError(
                 f"The heads checkpointed in {workdir} were trained on {previous!r}, not on "
                 f"{description!r}; use a new --workdir for other weights."
             )
-    if jax.process_index() == 0:
-        with open(path, "w") as f:
-            json.dump({"weights": description}, f)
-
-
-def evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    weights: tuple | None = None,
-    *,
-    mesh: Mesh | None = None,
-) -> dict[str, Any]:
-    """Trains the heads (resuming from workdir's checkpoint), tests them, writes the results.
-
-    Args:
-      config: a linear-evaluation config (``config_defaults.linear_evaluation``).
-      workdir: checkpoints, metrics.jsonl, tensorboard/, results.json and results.md go here.
-      weights: (pretraining config, trunk {"params", "batch_stats"}, description, step) as
-        ``run.load_weights`` returns; None loads config.pretrained.
-      mesh: the devices to run on (a 1-D "data" mesh); None for every device.
-
-    Returns:
-      results.json's content; "layers": {layer: {"top1", "top5" (in %), "dims"}}.
-    """
-    from ssl_jax.evals import linear_data  # TensorFlow: only where data is read
-
-    start = time.perf_counter()
-    run_config, trunk, description, pretrained_step = weights or _load_weights(config)
-    check_settings(config, run_config)
-    feature_config = _feature_config(config, run_config)
-    mesh = mesh or trainer.make_mesh()
-    replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P("data"))
-    local_batch = trainer.check_batch(config.optim.batch_size, mesh)
-    local_test_batch = trainer.check_batch(config.test.batch_size, mesh)
-    os.makedirs(workdir, exist_ok=True)
-
-    train_set = linear_data.labelled_source(config.data.train, "config.data.train")
-    test_set = linear_data.labelled_source(config.data.test, "config.data.test")
-    linear_data.check_compatible(train_set, test_set)
-    size = input_size(config, run_config)
-    short = resize_short(config, size)
-    augment = train_augment(config, run_config)
-    dims = features_lib.feature_dims(feature_config, size)
-    layers = tuple(dims)
-    scale_shift = bn_scale_shift(run_config, config.head.bn_scale_shift)
-    heads = LinearHeads(layers, train_set.num_classes, scale_shift, float(config.head.init_std))
-    plan = _plan(config, train_set.source.num_examples)
-    schedule = optim_lib.make_schedule(plan, config.optim.decay_factor)
-    _log.info(
-        "linear: %s; %d train images (%s), %d classes, %d test images; %s at %d px, heads on %s; "
-        "%d steps of %d, lr %.3g x%.3g every %d",
-        description, plan.num_examples, train_set.description, train_set.num_classes,
-        test_set.source.num_examples, augment, size, dict(dims), plan.total_steps,
-        plan.batch_size, plan.peak_lr, config.optim.decay_factor, config.optim.decay_every,
-    )  # fmt: skip
-
-    example = {name: jnp.zeros((1, dim), jnp.float32) for name, dim in dims.items()}
-    init_rng = jax.random.PRNGKey(config.seed)
-    shapes = jax.eval_shape(lambda: heads.init(init_rng, example, train=False))
-    optim = ml_collections.ConfigDict(
-        {
-            "weight_decay": weight_decay(config, run_config),
-            "momentum": config.optim.momentum,
-            "nesterov": config.optim.nesterov,
-        }
-    )
-    tx = optim_lib.make_optimizer(optim, schedule, shapes.get("batch_stats", {}))
-
-    def init_state(rng):
-        variables = heads.init(rng, example, train=False)
-        return {
-            "params": variables["params"],
-            "batch_stats": variables.get("batch_stats", {}),
-            "opt_state": tx.init(variables["params"]),
-            "step": jnp.zeros((), jnp.int32),
-        }
-
-    state = jax.jit(init_state, out_shardings=replicated)(init_rng)
-    trunk = jax.device_put(trunk, replicated)
-    feature_fn = features_lib.make_feature_fn(feature_config, size)
-
-    checkpoints = ckpt_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints)
-    latest = checkpoints.latest_step()
-    _check_workdir(workdir, description, latest is not None)
-    start_step, start_position = 0, None
-    if latest is not None:
-        state, positions = checkpoints.restore(latest, ckpt_lib.abstract_like(state))
-        start_step = int(jax.device_get(state["step"]))
-        start_position = ckpt_lib.process_position(positions, start_step)
-        _log.info("Resumed the linear heads at step %d from %s", start_step, workdir)
-
-    train_step = jax.jit(
-        make_train_step(feature_fn, heads, tx, schedule),
-        in_shardings=(replicated, replicated, batch_sharding),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
-    test_step = jax.jit(
-        make_test_step(feature_fn, heads, train_set.num_classes),
-        in_shardings=(replicated, replicated, batch_sharding),
-        out_shardings=replicated,
-    )
-
-    def run_test():
-        batches = linear_data.test_batches(
-            test_set, config.data.test, size=size, resize_short=short,
-            local_batch_size=local_test_batch, process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )  # fmt: skip
-        head_variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-        totals = None
-        for local in batches:
-            batch = {
-                k: jax.make_array_from_process_local_data(batch_sharding, v)
-                for k, v in local.items()
-            }
-            counts = jax.device_get(test_step(head_variables, trunk, batch))
-            totals = counts if totals is None else jax.tree.map(np.add, totals, counts)
-        return {k: int(v) for k, v in totals.items()}
-
-    end_step = plan.total_steps
-    if config.train.stop_after_steps:
-        end_step = min(end_step, config.train.stop_after_steps)
-    writer = metrics_lib.MetricsWriter(workdir, start_step)
-    progress = metrics_lib.Progress(plan.total_steps, start_step, config.train.progress_bar)
-    step = start_step
-    last_train: dict[str, float] = {}
-    if step < end_step:
-        batches = linear_data.train_iterator(
-            train_set, config.data.train, augment=augment, size=size, resize_short=short,
-            flip=bool(config.input.flip), local_batch_size=local_batch, seed=config.seed,
-            process_index=jax.process_index(), process_count=jax.process_count(),
-            start=start_position,
-        )  # fmt: skip
-        pending: list[dict[str, jax.Array]] = []
-        window_start, window_steps = None, 0
-        with trainer._StopSignal() as stop:
-            while step < end_step:
-                try:
-                    local = next(batches)
-                except Exception as e:  # tf.errors.* raised from inside tf.data
-                    checkpoints.close()
-                    raise trainer.InputPipelineError(
-                        f"The linear-evaluation input failed before step {step + 1}: "
-                        f"{trainer._error_text(e)}; fix config.data.train and rerun to resume."
-                    ) from e
-                position = np.asarray([local["epoch"][-1], local["index"][-1]], np.int64)
-                batch = {
-                    k: jax.make_array_from_process_local_data(batch_sharding, local[k])
-                    for k in ("image", "label")
-                }
-                state, step_metrics = train_step(state, trunk, batch)
-                pending.append(step_metrics)
-                step += 1
-                if window_start is None:  # the first step includes compilation
-                    jax.block_until_ready(step_metrics)
-                    window_start, window_steps = time.perf_counter(), 0
-                else:
-                    window_steps += 1
-                progress.update(1)
-                stopping = step >= end_step or trainer._stop_requested(stop, step, config)
-                if step % config.train.log_every == 0 or stopping:
-                    last_train = trainer._log(
-                        pending, step, plan, window_start, window_steps, writer, progress
-                    )
-                    pending, window_start, window_steps = [], time.perf_counter(), 0
-                    if not trainer._finite(last_train["loss"]):
-                        latest = checkpoints.latest_step()
-                        checkpoints.close()
-                        raise trainer.TrainingDiverged(
-                            f"The summed head loss became {last_train['loss']} by step {step}; "
-                            f"the last good checkpoint is step {latest} in "
-                            f"{checkpoints.directory}. Lower config.optim.lr and rerun."
-                        )
-                    if step % config.train.checkpoint_every == 0 or stopping:
-                        checkpoints.save(step, state, trainer._gather_positions(position))
-                    every = config.train.eval_every
-                    if every and step % every == 0 and step < end_step:
-                        counts = run_test()
-                        writer.write(step, _test_scalars(counts, layers))
-                if stopping:
-                    break
-        if stop.requested:
-            checkpoints.close()
-            progress.close()
-            writer.close()
-            _log.warning("Stopped by SIGTERM at step %d; rerun the same command to resume.", step)
-            return {}
-    checkpoints.close()
-    progress.close()
-
-    counts = run_test()
-    writer.write(step, _test_scalars(counts, layers))
-    writer.close()
-    tested = counts["count"]
-    results = {
-        "evaluation": EVALUATION,
-        "weights": description,
-        "pretrained": os.path.abspath(config.pretrained) if config.pretrained else None,
-        "pretrained_step": pretrained_step,
-        "random_init": bool(config.random_init),
-        "task": run_config.task,
-        "model": run_config.model.to_dict(),
-        "step": int(step),
-        "steps": plan.total_steps,
-        "num_classes": train_set.num_classes,
-        "train": {"dataset": train_set.description, "images": plan.num_examples},
-        "test": {"dataset": test_set.description, "images": tested,
-                 "skipped": test_set.source.num_examples - tested},
-        "input": {"size": size, "resize_short": short, "train_augment": augment},
-        "head_bn_scale_shift": scale_shift,
-        "layers": {
-            name: {"top1": 100.0 * counts[f"top1/{name}"] / max(tested, 1),
-                   "top5": 100.0 * counts[f"top5/{name}"] / max(tested, 1),
-                   "dims": int(dims[name])}
-            for name in layers
-        },
-        "train_metrics": last_train,
-        "seconds": time.perf_counter() - start,
-        "config": config.to_dict(),
-    }  # fmt: skip
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=1, default=_json_default)
-        with open(os.path.join(workdir, "results.md"), "w") as f:
-            f.write(markdown_table(results))
-    _log.info("\n%s", markdown_table(results))
-    return results
+    if base.is_leader():
+        paths.write_json(path, {"weights": description})
 
 
 def _test_scalars(counts: dict[str, int], layers) -> dict[str, float]:
     n = max(counts["count"], 1)
     out = {}
     for name in layers:
-        out[f"test/top1/{name}"] = 100.0 * counts[f"top1/{name}"] / n
-        out[f"test/top5/{name}"] = 100.0 * counts[f"top5/{name}"] / n
+        out[f"top1/{name}"] = 100.0 * counts[f"top1/{name}"] / n
+        out[f"top5/{name}"] = 100.0 * counts[f"top5/{name}"] / n
     return out
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value)} is not JSON serialisable")
 
 
 def markdown_table(results: dict[str, Any]) -> str:

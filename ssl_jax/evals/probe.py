@@ -5,79 +5,46 @@ small labelled set are extracted and, per layer and per shot count, a closed-for
 regression from features to +-1 class targets is fitted (as big_vision's few-shot evaluator):
 one eigendecomposition of the training Gram matrix serves every regularisation strength. The
 strength is chosen on a held-out fifth of the training shots (its own eigendecomposition), then
-the fit on all shots is scored on the test split. Logged as ``probe/LAYER/Kshot`` (top-1 in %)
-to metrics.jsonl and TensorBoard; results under ``workdir/probe/step_N.json``.
+the fit on all shots is scored on the test split. Metrics ``LAYER/Kshot`` (top-1 in %), logged as
+``probe/LAYER/Kshot`` when attached as ``config.evals.probe``; results.json in its workdir.
 
-Config (pretraining configs, ``config.evals.probe``): ``every_steps`` (0: off; a multiple of
-``train.checkpoint_every``), ``data.train`` / ``data.test`` (labelled single-label sets,
-``ssl_jax.evals.datasets.make_labelled``), ``shots`` (training images per class), ``lambdas``,
-``layers``, ``size`` (input size, 0: 224 / 227), ``pooling`` (table | adaptive), ``batch_size``.
+Config (``defaults``): ``data.train`` / ``data.test`` (single-label sets, ``labelled_split``),
+``shots`` (training images per class), ``lambdas``, ``features`` (layers, size (0: 224 / 227),
+pooling (table | adaptive), batch_size).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
 import time
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
-from ssl_jax import config_lib
+from ssl_jax import config_lib, paths
+from ssl_jax.evals import base
 from ssl_jax.evals import features as features_lib
+from ssl_jax.pretext import Pretext
 
 _log = logging.getLogger(__name__)
 
 
-def probe_config(every_steps: int = 0) -> ml_collections.ConfigDict:
-    """Defaults of config.evals.probe (off until every_steps and the data are set)."""
-    from ssl_jax import config_defaults
-
-    p = ml_collections.ConfigDict()
+def defaults(every_steps: int = 0) -> ml_collections.ConfigDict:
+    """The probe's fields (off until every_steps and the data are set)."""
+    p = base.evaluator_config("probe")
     p.every_steps = every_steps
     p.data = ml_collections.ConfigDict()
-    p.data.train = config_defaults.labelled_data("folder", "train")
-    p.data.test = config_defaults.labelled_data("folder", "test")
+    p.data.train = base.labelled_split("folder", "train")
+    p.data.test = base.labelled_split("folder", "test")
     p.shots = (1, 5, 10)  # training images per class
     p.lambdas = tuple(float(2.0**e) for e in range(-10, 11, 2))
-    p.layers = ()  # () = every tap of the pooling table
-    p.size = 0  # 0: 224 (ResNet) / 227 (AlexNet)
-    p.pooling = "table"  # table | adaptive (other input sizes)
-    p.batch_size = 64
-    p.seed = 0
+    p.features = ml_collections.ConfigDict()
+    p.features.layers = ()  # () = every tap of the pooling table
+    p.features.size = 0  # 0: 224 (ResNet) / 227 (AlexNet)
+    p.features.pooling = "table"  # table | adaptive (other input sizes)
+    p.features.batch_size = 64
     return p
-
-
-def enabled(config: ml_collections.ConfigDict) -> bool:
-    probe = (config.get("evals") or {}).get("probe")
-    return bool(probe and probe.every_steps)
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Start-up checks of config.evals.probe; raises ConfigError."""
-    if not enabled(config):
-        return
-    p = config.evals.probe
-    if p.every_steps % config.train.checkpoint_every:
-        raise config_lib.ConfigError(
-            f"config.evals.probe.every_steps={p.every_steps} must be a multiple of "
-            f"config.train.checkpoint_every={config.train.checkpoint_every}."
-        )
-    for which in ("train", "test"):
-        d = p.data[which]
-        if d.source in ("folder", "filelist", "vocdevkit") and not d.path:
-            raise config_lib.ConfigError(
-                f"config.evals.probe.data.{which}.source={d.source!r} needs "
-                f"config.evals.probe.data.{which}.path (a labelled image folder or list)."
-            )
-    if not p.shots or min(p.shots) < 1:
-        raise config_lib.ConfigError(f"config.evals.probe.shots={p.shots} must be >= 1 each.")
-    if not p.lambdas or min(p.lambdas) <= 0:
-        raise config_lib.ConfigError(f"config.evals.probe.lambdas={p.lambdas} must be > 0.")
 
 
 def sample_shots(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
@@ -155,46 +122,44 @@ def fit_and_score(
     }
 
 
-def run(
-    config: ml_collections.ConfigDict, variables: dict[str, Any], step: int, workdir: str
-) -> dict[str, float]:
-    """Runs the probe on a pretext model's variables; returns the scalars to log."""
-    from ssl_jax.evals import datasets
+class Probe:
+    """The few-shot ridge probe (``ssl_jax.evals.base``)."""
 
-    p = config.evals.probe
-    start = time.perf_counter()
-    run_config = ml_collections.ConfigDict(config.to_dict())
-    run_config.features = ml_collections.ConfigDict(
-        {"layers": tuple(p.layers), "pooling": p.pooling}
-    )
-    trunk = features_lib.trunk_variables(variables)
-    scratch = os.path.join(workdir, "probe", "features")
-    split = {}
-    for which in ("train", "test"):
-        dataset = datasets.make_labelled(
-            p.data[which], config_key=f"config.evals.probe.data.{which}"
-        )
-        if dataset.labels.min() < 0 or (dataset.labels == 1).sum(1).max() != 1:
-            raise ValueError(
-                f"config.evals.probe.data.{which} ({dataset.name}) is not single-label; the "
-                "probe needs one class per image (a folder of class subfolders or a list)."
-            )
-        out_dir = os.path.join(scratch, which)
-        shutil.rmtree(out_dir, ignore_errors=True)  # new weights: always extract afresh
-        features_lib.extract(
-            run_config, trunk, dataset, out_dir, batch_size=p.batch_size, size=p.size or None,
-            description=f"{workdir} step {step}",
-        )  # fmt: skip
-        split[which] = features_lib.load(out_dir)
-    results = {"step": step, "layers": {}}
-    scalars = {}
-    if jax.process_index() == 0:
+    def __init__(self, config: ml_collections.ConfigDict, task: Pretext):
+        base.check_splits(config)
+        if not config.shots or min(config.shots) < 1:
+            raise config_lib.ConfigError(f"config.shots={config.shots} must be >= 1 each.")
+        if not config.lambdas or min(config.lambdas) <= 0:
+            raise config_lib.ConfigError(f"config.lambdas={config.lambdas} must be > 0.")
+        features_lib.check_config(config.features, task.config.model)
+        self.config, self.task = config, task
+
+    def run(self, weights: base.Weights, workdir: str) -> dict[str, float]:
+        from ssl_jax.data import labelled  # TensorFlow: only where data is read
+
+        p = self.config
+        start = time.perf_counter()
+        trunk = features_lib.trunk_variables(weights.variables)
+        split = {}
+        for which in ("train", "test"):
+            key = f"config.data.{which}"
+            dataset = labelled.make_labelled(p.data[which], config_key=key)
+            dataset.check_single_label(key)
+            out_dir = paths.join(workdir, "features", which)
+            features_lib.extract(
+                self.task, p.features, trunk, dataset, out_dir,
+                batch_size=p.features.batch_size, size=p.features.size or None,
+                description=weights.description,
+            )  # fmt: skip
+            split[which] = features_lib.load(out_dir)
         train, test = split["train"], split["test"]
-        ok_train, ok_test = np.flatnonzero(train["ok"]), np.flatnonzero(test["ok"])
-        labels_train, labels_test = train["labels"][ok_train], test["labels"][ok_test]
-        for layer in train["meta"]["layers"]:
-            x_train = np.asarray(train["layers"][layer][ok_train], np.float64)
-            x_test = np.asarray(test["layers"][layer][ok_test], np.float64)
+        ok_train, ok_test = np.flatnonzero(train.ok), np.flatnonzero(test.ok)
+        labels_train, labels_test = train.labels[ok_train], test.labels[ok_test]
+        results: dict[str, Any] = {"step": weights.step, "weights": weights.description}
+        results["layers"], metrics = {}, {}
+        for layer in train.meta["layers"]:
+            x_train = np.asarray(train.layer(layer)[ok_train], np.float64)
+            x_test = np.asarray(test.layer(layer)[ok_test], np.float64)
             per_shot = {}
             for shots in p.shots:
                 rows = sample_shots(labels_train, shots, p.seed + shots)
@@ -203,15 +168,22 @@ def run(
                     tuple(p.lambdas), p.seed,
                 )  # fmt: skip
                 per_shot[str(shots)] = r
-                scalars[f"probe/{layer}/{shots}shot"] = 100.0 * r["top1"]
+                metrics[f"{layer}/{shots}shot"] = 100.0 * r["top1"]
             results["layers"][layer] = per_shot
+        base.barrier(f"probe features {workdir}")  # every process has read them
+        if base.is_leader():  # transient: only the scores are kept
+            paths.rmtree(paths.join(workdir, "features"), missing_ok=True)
         results["seconds"] = time.perf_counter() - start
-        with open(os.path.join(workdir, "probe", f"step_{step}.json"), "w") as f:
-            json.dump(results, f, indent=1)
+        table = ["| layer | " + " | ".join(f"{k}-shot" for k in p.shots) + " |"]
+        table.append("|---|" + "---|" * len(p.shots))
+        for layer, per_shot in results["layers"].items():
+            cells = " | ".join(f"{100 * per_shot[str(k)]['top1']:.1f}" for k in p.shots)
+            table.append(f"| {layer} | {cells} |")
+        base.write_results(workdir, results, "\n".join(table) + "\n")
         _log.info(
-            "probe at step %d (%.1f s): %s",
-            step,
+            "probe at step %s (%.1f s): %s",
+            weights.step,
             results["seconds"],
-            {k: round(v, 1) for k, v in scalars.items()},
+            {k: round(v, 1) for k, v in metrics.items()},
         )
-    return scalars
+        return metrics

@@ -34,7 +34,7 @@ Each .npz holds `features` (N, D) and `labels` (N, C) in {1, 0, -1}. Exit code 2
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import os
 import sys
 import time
@@ -42,6 +42,14 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from joblib import Parallel, delayed
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import average_precision_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.svm import LinearSVC
+
+from ssl_jax import paths
+from ssl_jax.evals import svm_jax
 
 # The order matters: cost selection keeps the first best cost in this order.
 COSTS: tuple[float, ...] = (
@@ -98,7 +106,6 @@ def cv_ap(scores: np.ndarray, y: np.ndarray) -> float:
     Args:
       scores: (N,) decision values; y: (N,) in {+1, -1}. Tied scores form one threshold.
     """
-    from sklearn.metrics import average_precision_score
 
     return float(average_precision_score(y == 1, scores))
 
@@ -209,7 +216,6 @@ def _class_names(class_names, num_classes: int) -> list[str]:
 def _folds(y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """sklearn's unshuffled StratifiedKFold(3) on one class's +-1 labels; folds without training
     or held-out positives are dropped (see module docstring)."""
-    from sklearn.model_selection import StratifiedKFold
 
     with warnings.catch_warnings():
         # Fewer positives than folds: sklearn warns and still splits; we drop empty folds below.
@@ -227,7 +233,6 @@ def _n_jobs(n_jobs: int | None) -> int:
 
 
 def _liblinear(cost: float):
-    from sklearn.svm import LinearSVC
 
     return LinearSVC(
         C=cost,
@@ -244,7 +249,6 @@ def _liblinear(cost: float):
 
 def _fit_liblinear(x, rows, y, cost):
     """Fits one SVM on x[rows]; returns (w (D,), b, converged)."""
-    from sklearn.exceptions import ConvergenceWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -263,7 +267,6 @@ def _fit_task_sklearn(x, rows, y, cost):
 
 
 def _parallel(tasks, n_jobs):
-    from joblib import Parallel, delayed
 
     # loky memmaps the large shared feature array once instead of pickling it per task.
     return Parallel(n_jobs=_n_jobs(n_jobs))(delayed(f)(*a) for f, a in tasks)
@@ -300,7 +303,6 @@ def _reduce_cv(out, where, num_classes, num_costs):
 def _cv_matrix_jax(k, ys, folds, costs, tol):
     """Same as _cv_matrix_sklearn with the batched solver: one solve per cost, all classes x
     folds as masked problems on the shared trainval Gram matrix."""
-    from ssl_jax.evals import svm_jax
 
     n = k.shape[0]
     ycols, masks, tests, where = [], [], [], []
@@ -353,7 +355,6 @@ def _fit_many(x, k, ys, rows, costs_per_problem, solver, n_jobs, tol):
         w = np.stack([o[0] for o in out], 1)
         b = np.array([o[1] for o in out], np.float32)
         return w, b, sum(not o[2] for o in out)
-    from ssl_jax.evals import svm_jax
 
     n = x.shape[0]
     y_mat = np.stack(ys, 1).astype(np.float32)
@@ -418,8 +419,6 @@ def evaluate(
     folds = {c: _folds(ys[c]) for c in trained}
     k = None
     if solver == "jax":
-        from ssl_jax.evals import svm_jax
-
         k = svm_jax.gram(x)
         cv, nc_cv = _cv_matrix_jax(k, [ys[c] for c in trained], [folds[c] for c in trained],
                                    costs, jax_tol)  # fmt: skip
@@ -576,8 +575,6 @@ def low_shot(
             ]
             k_union = None
             if solver == "jax" and probs:
-                from ssl_jax.evals import svm_jax
-
                 k_union = svm_jax.gram(xs)
             w, b, nc = (
                 _fit_many(
@@ -634,7 +631,7 @@ def low_shot(
 
 def _load_npz(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        data = np.load(path, mmap_mode="r")
+        data = np.load(io.BytesIO(paths.read_bytes(path)))
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read --{split}={path!r} as .npz: {e}") from e
     missing = [key for key in ("features", "labels") if key not in data]
@@ -693,9 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=1)
+    paths.write_json(args.out, res)
     if args.low_shot_k:
         print(f"low-shot {res['mode']} ({res['selection']}), solver {res['solver']}")
         print(f"{'k':>4} {'cost':>10} {'mean':>7} {'min':>7} {'max':>7} {'std':>7}")

@@ -26,17 +26,17 @@ cached one.
 from __future__ import annotations
 
 import functools
-import glob
 import logging
 import math
 import os
 import re
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from ssl_jax import paths
 
 NUM_TILES = 9
 NUM_CANDIDATES = math.factorial(NUM_TILES)  # 362,880
@@ -177,9 +177,10 @@ def greedy_select(
 
 
 def default_cache_dir() -> str:
-    """$SSL_JAX_CACHE/permutations if SSL_JAX_CACHE is set, else ~/.cache/ssl_jax/permutations."""
+    """$SSL_JAX_CACHE/permutations if SSL_JAX_CACHE is set (a folder or a gs:// URL), else
+    ~/.cache/ssl_jax/permutations."""
     root = os.environ.get("SSL_JAX_CACHE") or os.path.join("~", ".cache", "ssl_jax")
-    return os.path.join(os.path.expanduser(root), "permutations")
+    return paths.join(root if paths.is_url(root) else os.path.expanduser(root), "permutations")
 
 
 def cache_file_name(num_perms: int, method: str, seed: int) -> str:
@@ -202,13 +203,15 @@ def _valid_set(perms: np.ndarray, num_perms: int, seed: int) -> bool:
 def _read_cache(cache_dir: str, num_perms: int, method: str, seed: int) -> np.ndarray | None:
     """The smallest valid cached set of size >= num_perms, cut to num_perms rows (prefix)."""
     sizes = []
-    for path in glob.glob(os.path.join(glob.escape(cache_dir), f"perms_{method}_*_seed*.npy")):
-        match = _FILE_RE.match(os.path.basename(path))
-        if match and int(match.group(3)) == seed and int(match.group(2)) >= num_perms:
-            sizes.append((int(match.group(2)), path))
+    names = paths.listdir(cache_dir) if paths.isdir(cache_dir) else []
+    for name in names:
+        match = _FILE_RE.match(name)
+        if match and match.group(1) == method and int(match.group(3)) == seed:
+            if int(match.group(2)) >= num_perms:
+                sizes.append((int(match.group(2)), paths.join(cache_dir, name)))
     for size, path in sorted(sizes):
         try:
-            perms = np.load(path, allow_pickle=False)
+            perms = paths.load_npy(path)
         except (OSError, ValueError, EOFError) as e:
             logging.warning("Ignoring unreadable permutation cache %s: %s", path, e)
             continue
@@ -220,21 +223,10 @@ def _read_cache(cache_dir: str, num_perms: int, method: str, seed: int) -> np.nd
 
 
 def _write_cache(cache_dir: str, name: str, perms: np.ndarray) -> None:
-    """Atomic write: concurrent writers each rename a complete file over the same name."""
+    """Atomic on a local disk (a complete file is renamed over the name, so concurrent writers
+    never leave a partial one); one object write in a bucket."""
     try:
-        os.makedirs(cache_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, perms)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache must stay readable
-            os.replace(tmp, os.path.join(cache_dir, name))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        paths.save_npy(paths.join(cache_dir, name), perms)
     except OSError as e:
         # A read-only or full cache directory costs a regeneration next time, not a crash.
         logging.warning("Could not cache permutations in %s: %s", cache_dir, e)
@@ -297,27 +289,11 @@ def _check_rows(perms: np.ndarray, source: str) -> None:
         )
 
 
-def _open(path: str):
-    if "://" in path:
-        # Remote paths (gs://, ...) need TensorFlow's filesystem layer; local paths don't pay
-        # TensorFlow's import time.
-        try:
-            import tensorflow as tf
-        except ImportError as e:
-            raise ValueError(
-                f"Reading permutations from {path!r} needs tensorflow (tf.io.gfile); "
-                "install it or copy the file locally and set config.jigsaw.perm_file."
-            ) from e
-        return tf.io.gfile.GFile(path, "rb")
-    return open(path, "rb")
-
-
 def load_permutations(path: str) -> np.ndarray:
     """Loads a published permutation set (.npy), 1-based or 0-based.
 
     Noroozi's 100/701 sets are 1-based (values 1..9), FAIR's 2000/5000/10000 sets 0-based
-    (values 0..8); the base is detected from the values. Local or remote (gs://, via
-    tf.io.gfile) paths.
+    (values 0..8); the base is detected from the values. Local or gs:// paths.
 
     Returns:
       int32 (N, 9): 0-based tile indices.
@@ -326,11 +302,10 @@ def load_permutations(path: str) -> np.ndarray:
       ValueError: the file is not an integer (N, 9) array, its values are neither 0..8 nor
         1..9, a row is not a permutation, or a row repeats.
     """
-    with _open(path) as f:
-        try:
-            perms = np.load(f, allow_pickle=False)
-        except ValueError as e:
-            raise ValueError(f"{path}: not a readable .npy array ({e}).") from e
+    try:
+        perms = paths.load_npy(path)
+    except ValueError as e:
+        raise ValueError(f"{path}: not a readable .npy array ({e}).") from e
     if perms.ndim != 2 or perms.shape[1] != NUM_TILES or perms.shape[0] < 1:
         raise ValueError(
             f"{path}: expected a (N, {NUM_TILES}) permutation array, got shape {perms.shape}."

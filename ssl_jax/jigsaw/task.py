@@ -9,19 +9,20 @@ ReLU -> fc |P|. The BN after the hidden fully-connected layers is our choice (co
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
-from ssl_jax import config_lib
+from ssl_jax import config_lib, paths
 from ssl_jax.jigsaw import permutations as perms_lib
 from ssl_jax.jigsaw import tiles as tiles_lib
 from ssl_jax.models import GroupedBatchNorm, make_trunk
-from ssl_jax.tasks import Pretext, compute_dtype
+from ssl_jax.pretext import compute_dtype, normalised_rgb
+
+PERMUTATIONS_FILE = "permutations.npy"  # the run's set, in its workdir
 
 SCHEMA = {
     "jigsaw.num_perms": config_lib.in_range(2, 362880, integer=True),
@@ -33,24 +34,6 @@ SCHEMA = {
     "jigsaw.tile_features": config_lib.positive(integer=True),
     "jigsaw.hidden_features": config_lib.non_negative(integer=True),
 }
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-    jig = config.jigsaw
-    if jig.tile > jig.cell:
-        raise config_lib.ConfigError(
-            f"config.jigsaw.tile={jig.tile} is larger than config.jigsaw.cell={jig.cell}."
-        )
-    if jig.grid * jig.cell > config.input.crop:
-        raise config_lib.ConfigError(
-            f"The puzzle grid config.jigsaw.grid x config.jigsaw.cell = {jig.grid}x{jig.cell} = "
-            f"{jig.grid * jig.cell} does not fit in config.input.crop={config.input.crop}."
-        )
-
-
-def trunk_input(config: ml_collections.ConfigDict) -> tuple[str, int]:
-    """The trunk sees tiles, not the crop (tasks.validate checks the size against the trunk)."""
-    return "config.jigsaw.tile", config.jigsaw.tile
 
 
 class JigsawNet(nn.Module):
@@ -108,40 +91,91 @@ def load_permutation_set(jig: ml_collections.ConfigDict):
     return perms
 
 
-def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Pretext:
-    del workdir  # Jigsaw derives nothing from the data and draws no pictures
-    check_config(config)
-    jig = config.jigsaw
-    dtype = compute_dtype(config.model.dtype)
-    trunk = make_trunk(config.model, dtype)
-    group = config.model.bn_group_size
-    # The trunk sees every tile as a row: a group of G images is G * N rows.
-    trunk = trunk.clone(bn_group_size=None if group is None else group * jig.grid**2)
-    model = JigsawNet(
-        trunk=trunk,
-        num_perms=jig.num_perms,
-        tile_features=jig.tile_features,
-        hidden_features=jig.hidden_features,
-        head_bn=jig.head_bn,
-        bn_group_size=group,
-        dtype=dtype,
-    )
-    permutations = jnp.asarray(load_permutation_set(jig), jnp.int32)
-    make = functools.partial(
-        tiles_lib.make_puzzles,
-        grid=jig.grid,
-        cell=jig.cell,
-        tile=jig.tile,
-        gray_prob=jig.gray_prob,
-        mean=tuple(config.input.mean),
-        std=tuple(config.input.std),
-    )
+class Jigsaw:
+    """The Jigsaw task (``ssl_jax.pretext.Pretext``): puzzles made on device, |P|-way labels."""
 
-    def prepare(rng, batch):
-        return make(rng, batch["image"], permutations)
+    name = "jigsaw"
+    schema = SCHEMA
 
-    example = jnp.zeros((2, jig.grid**2, jig.tile, jig.tile, 3), jnp.float32)
-    return Pretext(model=model, example_inputs=example, prepare=prepare, loss=loss)
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        jig = config.jigsaw
+        if jig.tile > jig.cell:
+            raise config_lib.ConfigError(
+                f"config.jigsaw.tile={jig.tile} is larger than config.jigsaw.cell={jig.cell}."
+            )
+        if jig.grid * jig.cell > config.input.crop:
+            raise config_lib.ConfigError(
+                f"The puzzle grid config.jigsaw.grid x config.jigsaw.cell = {jig.grid}x{jig.cell} "
+                f"= {jig.grid * jig.cell} does not fit in config.input.crop={config.input.crop}."
+            )
+        self.rows_per_image = jig.grid**2
+        # The trunk sees tiles, not the crop.
+        self.trunk_input = ("config.jigsaw.tile", jig.tile)
+        self.input_channels = 3
+        self.linear_augment = "random_resized_crop"
+        self.linear_bn_scale_shift = False
+        dtype = compute_dtype(config.model.dtype)
+        group = config.model.bn_group_size
+        # The trunk sees every tile as a row: a group of G images is G * N rows.
+        trunk = make_trunk(config.model, dtype).clone(
+            bn_group_size=None if group is None else group * self.rows_per_image
+        )
+        self.model = JigsawNet(
+            trunk=trunk,
+            num_perms=jig.num_perms,
+            tile_features=jig.tile_features,
+            hidden_features=jig.hidden_features,
+            head_bn=jig.head_bn,
+            bn_group_size=group,
+            dtype=dtype,
+        )
+        self.example_inputs = np.zeros((2, self.rows_per_image, jig.tile, jig.tile, 3), np.float32)
+        self.permutations = None  # int32 (|P|, grid * grid), set by fit()
+
+    def check_source(self, source) -> None:
+        del source  # any images
+
+    def fit(self, workdir: str | None) -> None:
+        """The run's permutation set: the one stored in the workdir (``permutations.npy``), else
+        loaded or generated (``load_permutation_set``) and stored there; nothing comes from
+        data."""
+        stored = paths.join(workdir, PERMUTATIONS_FILE) if workdir else None
+        if stored and paths.isfile(stored):
+            perms = perms_lib.load_permutations(stored)
+            if perms.shape[0] != self.config.jigsaw.num_perms:
+                raise config_lib.ConfigError(
+                    f"{stored} holds {perms.shape[0]} permutations, but config.jigsaw.num_perms="
+                    f"{self.config.jigsaw.num_perms}: this workdir was started with another |P|; "
+                    "use a new --workdir."
+                )
+        else:
+            perms = load_permutation_set(self.config.jigsaw)
+            if stored and jax.process_index() == 0:
+                paths.save_npy(stored, perms)
+        self.permutations = jnp.asarray(perms, jnp.int32)
+
+    def prepare(self, rng: jax.Array, batch: dict[str, jax.Array]):
+        if self.permutations is None:
+            raise RuntimeError("Jigsaw.prepare needs the permutation set: call fit() first.")
+        jig = self.config.jigsaw
+        return tiles_lib.make_puzzles(
+            rng,
+            batch["image"],
+            self.permutations,
+            grid=jig.grid,
+            cell=jig.cell,
+            tile=jig.tile,
+            gray_prob=jig.gray_prob,
+            mean=tuple(self.config.input.mean),
+            std=tuple(self.config.input.std),
+        )
+
+    def loss(self, logits: jax.Array, labels: jax.Array):
+        return loss(logits, labels)
+
+    def model_inputs(self, images: jax.Array) -> jax.Array:
+        return normalised_rgb(self.config, images)
 
 
 def loss(logits: jax.Array, labels: jax.Array):

@@ -16,10 +16,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from ssl_jax import config_lib
 from ssl_jax.models import make_trunk
-from ssl_jax.tasks import Pretext, compute_dtype
+from ssl_jax.pretext import compute_dtype, normalised_rgb
 
 SCHEMA = {
     "supervised.num_classes": config_lib.in_range(2, 1_000_000, integer=True),
@@ -45,43 +46,60 @@ class SupervisedNet(nn.Module):
         return logits.astype(jnp.float32), taps
 
 
-def check_source(config: ml_collections.ConfigDict, source) -> None:
-    """Refuses a source without labels, or one whose classes disagree with num_classes."""
-    names = getattr(source, "class_names", None)
-    has_label = getattr(source, "has_label", names is not None)
-    if not has_label or (names is None and config.data.source != "tfds"):
-        raise config_lib.ConfigError(
-            f"config.task='supervised' needs labelled images, but config.data (source="
-            f"{config.data.source!r}, path={config.data.get('path', '')!r}) has none: use an image "
-            "folder with one subfolder per class, or a TFDS dataset with a 'label' feature."
+class Supervised:
+    """The supervised baseline (``ssl_jax.pretext.Pretext``): the trunk trained on labels."""
+
+    name = "supervised"
+    schema = SCHEMA
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        dtype = compute_dtype(config.model.dtype)
+        self.model = SupervisedNet(
+            trunk=make_trunk(config.model, dtype),
+            num_classes=config.supervised.num_classes,
+            dtype=dtype,
         )
-    if names is not None and len(names) != config.supervised.num_classes:
-        raise config_lib.ConfigError(
-            f"config.supervised.num_classes={config.supervised.num_classes}, but the data has "
-            f"{len(names)} classes ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); "
-            f"set --config.supervised.num_classes={len(names)}."
-        )
+        crop = config.input.crop
+        self.example_inputs = np.zeros((2, crop, crop, 3), np.float32)
+        self.rows_per_image = 1
+        self.trunk_input = ("config.input.crop", crop)
+        self.input_channels = 3
+        self.linear_augment = "random_resized_crop"
+        self.linear_bn_scale_shift = False
 
+    def check_source(self, source) -> None:
+        """Refuses a source without labels, or one whose classes disagree with num_classes."""
+        config = self.config
+        names = getattr(source, "class_names", None)
+        has_label = getattr(source, "has_label", names is not None)
+        if not has_label or (names is None and config.data.source != "tfds"):
+            raise config_lib.ConfigError(
+                f"config.task='supervised' needs labelled images, but config.data (source="
+                f"{config.data.source!r}, path={config.data.get('path', '')!r}) has none: use an "
+                "image folder with one subfolder per class, or a TFDS dataset with a 'label' "
+                "feature."
+            )
+        if names is not None and len(names) != config.supervised.num_classes:
+            raise config_lib.ConfigError(
+                f"config.supervised.num_classes={config.supervised.num_classes}, but the data "
+                f"has {len(names)} classes ({', '.join(names[:5])}"
+                f"{', ...' if len(names) > 5 else ''}); set "
+                f"--config.supervised.num_classes={len(names)}."
+            )
 
-def build(config: ml_collections.ConfigDict, workdir: str | None = None) -> Pretext:
-    del workdir  # nothing derived from the data, no pictures
-    dtype = compute_dtype(config.model.dtype)
-    model = SupervisedNet(
-        trunk=make_trunk(config.model, dtype),
-        num_classes=config.supervised.num_classes,
-        dtype=dtype,
-    )
-    mean = jnp.asarray(tuple(config.input.mean), jnp.float32)
-    std = jnp.asarray(tuple(config.input.std), jnp.float32)
+    def fit(self, workdir: str | None) -> None:
+        del workdir  # nothing derived from the data
 
-    def prepare(rng, batch):
+    def prepare(self, rng: jax.Array, batch: dict[str, jax.Array]):
         del rng  # the augmentation happened on the host
-        images = (batch["image"].astype(jnp.float32) / 255.0 - mean) / std
-        return images, batch["label"]
+        return self.model_inputs(batch["image"]), batch["label"]
 
-    crop = config.input.crop
-    example = jnp.zeros((2, crop, crop, 3), jnp.float32)
-    return Pretext(model=model, example_inputs=example, prepare=prepare, loss=loss)
+    def loss(self, logits: jax.Array, labels: jax.Array):
+        return loss(logits, labels)
+
+    def model_inputs(self, images: jax.Array) -> jax.Array:
+        return normalised_rgb(self.config, images)
 
 
 def loss(logits: jax.Array, labels: jax.Array):

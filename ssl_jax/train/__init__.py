@@ -1,5 +1,2 @@
-"""Pretraining: the trainer, its optimizer, checkpoints and metrics."""
-
-from ssl_jax.train.trainer import InputPipelineError, TrainingDiverged, train
-
-__all__ = ["InputPipelineError", "TrainingDiverged", "train"]
+"""Training: the one loop (loop.py), pretraining (pretrain.py), the state of a run (state.py),
+its optimizer and schedule (optim.py), checkpoints (checkpoint.py) and metrics (metrics.py)."""

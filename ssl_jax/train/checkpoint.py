@@ -9,19 +9,22 @@ temporary directory and renames it when complete, so a run killed mid-save keeps
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ssl_jax import paths
+
 
 class Checkpoints:
+    """The checkpoints of a workdir (``workdir/checkpoints``, local or in a bucket)."""
+
     def __init__(self, workdir: str, keep: int, async_save: bool = True):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.directory = paths.join(paths.abspath(workdir), "checkpoints")
         self.manager = ocp.CheckpointManager(
-            self.directory,
+            paths.checkpoint_directory(self.directory),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
                 enable_async_checkpointing=async_save,
@@ -31,6 +34,9 @@ class Checkpoints:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(int(s) for s in self.manager.all_steps())
 
     def save(self, step: int, state: dict[str, Any], data_positions: np.ndarray) -> None:
         """Starts saving; returns before the files are written when saving asynchronously."""
@@ -58,6 +64,20 @@ class Checkpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def saved_steps(workdir: str) -> list[int]:
+    """The completed checkpoints' steps in workdir/checkpoints, without opening orbax. On a local
+    disk orbax writes each checkpoint under a temporary name and renames it when complete, so
+    finished ones have plain integer names; an object store has no rename, and a finished one
+    holds commit_success.txt."""
+    directory = paths.join(workdir, "checkpoints")
+    if not paths.isdir(directory):
+        return []
+    steps = [name for name in paths.listdir(directory) if name.isdigit()]
+    if paths.is_url(directory):
+        steps = [s for s in steps if paths.exists(paths.join(directory, s, "commit_success.txt"))]
+    return sorted(int(s) for s in steps)
 
 
 def abstract_like(tree: Any) -> Any:

@@ -9,18 +9,18 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
-from ssl_jax import fileio
+from ssl_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    path = fileio.join(workdir, METRICS_FILE)
-    if not fileio.exists(path):
+    path = paths.join(workdir, METRICS_FILE)
+    if not paths.exists(path):
         return []
-    with fileio.open_file(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
 
 class MetricsWriter:
@@ -32,34 +32,27 @@ class MetricsWriter:
 
     def __init__(self, workdir: str, start_step: int, tensorboard: bool = True):
         self.active = jax.process_index() == 0
-        self.path = fileio.join(workdir, METRICS_FILE)
+        self.path = paths.join(workdir, METRICS_FILE)
         self._tb = None
         if not self.active:
             return
         rows = [r for r in read_metrics(workdir) if r.get("step", 0) <= start_step]
-        with fileio.open_file(self.path + ".tmp", "w") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in rows))
-        fileio.replace(self.path + ".tmp", self.path)
+        paths.write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
         if tensorboard:
-            import tensorflow as tf
-
-            self._tb = tf.summary.create_file_writer(fileio.join(workdir, "tensorboard"))
+            self._tb = paths.summary_writer(paths.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.active:
             return
         row = {"step": int(step)}
         row.update({k: _plain(v) for k, v in scalars.items()})
-        with fileio.open_file(self.path, "a") as f:
+        with paths.open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:
-            import tensorflow as tf
-
-            with self._tb.as_default(step=int(step)):
-                for key, value in row.items():
-                    if key != "step" and isinstance(value, (int, float)):
-                        tf.summary.scalar(key, value)
-            self._tb.flush()
+            self._tb.scalars(
+                {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
+                int(step),
+            )
 
     def close(self) -> None:
         if self._tb is not None:
@@ -80,8 +73,6 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool):
         self._bar = None
         if enabled and jax.process_index() == 0:
-            from tqdm import tqdm
-
             self._bar = tqdm(
                 total=total,
                 initial=initial,

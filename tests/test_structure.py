@@ -1,0 +1,133 @@
+"""The package's shape: no import cycle among ssl_jax modules, no private name imported across
+modules, and function-level imports only of heavy optional packages, each with its reason."""
+
+from __future__ import annotations
+
+import ast
+import os
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "ssl_jax"
+# Imported inside functions on purpose: TensorFlow / TFDS (ssl_jax.data), TensorBoard and gcsfs
+# are heavy and needed only where data is read, events written or a bucket used (accelerator
+# hosts may carry JAX alone).
+HEAVY = ("ssl_jax.data", "tensorflow", "tensorflow_datasets", "tensorboard", "gcsfs")
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imported(node: ast.AST, module: str) -> list[tuple[str, list[str]]]:
+    """(module imported, names taken from it) of an import statement, with relative imports
+    resolved; ``from a.b import c`` names the module a.b.c when there is one."""
+    if isinstance(node, ast.Import):
+        return [(alias.name, []) for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:
+            package = module.split(".")[: -node.level] if module in MODULES else module.split(".")
+            base = ".".join([*package, base]) if base else ".".join(package)
+        out = []
+        for alias in node.names:
+            full = f"{base}.{alias.name}"
+            out.append((full, []) if full in MODULES else (base, [alias.name]))
+        return out
+    return []
+
+
+def graph() -> dict[str, set[str]]:
+    """Module -> the ssl_jax modules it imports at module level or in functions (an import of
+    a package counts as its __init__; a submodule's import does not import its parents here)."""
+    edges: dict[str, set[str]] = {}
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text(), str(path))
+        edges[module] = {
+            target
+            for node in ast.walk(tree)
+            for target, _ in imported(node, module)
+            if target in MODULES and target != module
+        }
+    return edges
+
+
+def test_no_import_cycle():
+    edges = graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        stack.append(module)
+        for target in sorted(edges[module]):
+            if state.get(target) == 1:
+                cycle = stack[stack.index(target) :] + [target]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module)
+
+
+def test_the_cycle_check_sees_a_cycle(monkeypatch):
+    """The walk above fails on a cycle (a -> b -> a), not only passes."""
+    fake = {"a": {"b"}, "b": {"a"}}
+    monkeypatch.setattr(f"{__name__}.graph", lambda: fake)
+    with pytest.raises(pytest.fail.Exception, match="a -> b -> a"):
+        test_no_import_cycle()
+
+
+def test_no_private_name_imported_across_modules():
+    offenders = []
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text(), str(path))
+        aliases = set()  # local names of imported ssl_jax modules
+        for node in ast.walk(tree):
+            for target, names in imported(node, module):
+                private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+                if target.startswith("ssl_jax") and private:
+                    offenders.append(f"{path.name}:{node.lineno} imports {private} of {target}")
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for alias, (target, names) in zip(node.names, imported(node, module), strict=True):
+                    if target in MODULES and not names:
+                        aliases.add(alias.asname or alias.name.split(".")[0])
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                offenders.append(f"{path.name}:{node.lineno} uses {node.value.id}.{node.attr}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_function_level_imports_are_heavy_and_say_so():
+    offenders = []
+    for module, path in MODULES.items():
+        lines = path.read_text().splitlines()
+        tree = ast.parse("\n".join(lines), str(path))
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                    continue
+                targets = [t for t, _ in imported(node, module)]
+                heavy = all(any(t == h or t.startswith(h + ".") for h in HEAVY) for t in targets)
+                commented = "#" in lines[node.lineno - 1] or "#" in lines[node.end_lineno - 1]
+                if not (heavy and commented):
+                    where = f"{os.path.relpath(path, PACKAGE.parent)}:{node.lineno}"
+                    offenders.append(f"{where}: {lines[node.lineno - 1].strip()}")
+    assert not offenders, "function-level imports:\n" + "\n".join(offenders)
