@@ -320,6 +320,9 @@ def test_resnet_bad_config():
 
 
 # ---------------------------------------------------------------------- comparison with torch
+# Live comparisons with PyTorch (marked "torch": run with `pytest -m torch` where torch is
+# installed, e.g. the bench extra). Without torch the same trunks are checked against stored
+# PyTorch outputs (tests/test_trunk_reference.py).
 
 
 def _torch_modules():
@@ -427,6 +430,7 @@ def _load_into_torch(torch, module, variables):
                 getattr(target, attr).copy_(torch.from_numpy(np.array(value, copy=True)))
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("depth,res5_stride", [(18, 2), (50, 2), (50, 1)])
 def test_resnet_matches_torch(depth, res5_stride, tiny_x):
     torch, TorchResNet, _ = _torch_modules()
@@ -455,6 +459,7 @@ def test_resnet_matches_torch(depth, res5_stride, tiny_x):
     np.testing.assert_allclose(pooled_train, pooled_train_ref.numpy(), atol=1e-4 * scale)
 
 
+@pytest.mark.torch
 def test_alexnet_jigsaw_matches_torch():
     torch, _, TorchAlexNetJigsaw = _torch_modules()
     x = jnp.asarray(np.random.default_rng(4).normal(size=(3, 64, 64, 3)), jnp.float32)
@@ -470,6 +475,7 @@ def test_alexnet_jigsaw_matches_torch():
     np.testing.assert_allclose(pooled, expected, rtol=1e-4, atol=1e-4 * scale)
 
 
+@pytest.mark.torch
 def test_local_response_norm_matches_torch():
     torch = pytest.importorskip("torch")
     x = np.random.default_rng(6).normal(size=(2, 3, 3, 11)).astype(np.float32) * 30
