@@ -157,7 +157,8 @@ def test_random_init_reads_no_pretraining_data(tmp_path):
     run.mkdir()
     (run / "config.json").write_text(config.to_json_best_effort())
     out = str(tmp_path / "svm")
-    rc = _run_eval("configs/evals/voc07_svm.py:runlocal", str(run), out, "--config.random_init=True")
+    spec = "configs/evals/voc07_svm.py:runlocal"
+    rc = _run_eval(spec, str(run), out, "--config.random_init=True")
     assert rc == 0
     with open(os.path.join(out, "results.json")) as f:
         r = json.load(f)
