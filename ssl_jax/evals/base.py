@@ -120,6 +120,21 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def results_header(
+    config: ml_collections.ConfigDict, task: Pretext, weights: Weights
+) -> dict[str, Any]:
+    """The fields every results.json starts with: the benchmark, and what was evaluated."""
+    return {
+        "evaluation": config.evaluation,
+        "weights": weights.description,
+        "pretrained": paths.abspath(config.pretrained) if config.pretrained else None,
+        "pretrained_step": weights.step,
+        "random_init": bool(config.random_init),
+        "task": task.name,
+        "model": task.config.model.to_dict(),
+    }
+
+
 def write_results(workdir: str, results: dict[str, Any], table: str) -> None:
     """results.json and results.md in workdir, written by process 0; every process waits."""
     if is_leader():

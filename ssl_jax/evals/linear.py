@@ -449,13 +449,7 @@ class LinearBenchmark:
             test(outcome.state)
         count = tested["count"]
         results = {
-            "evaluation": "linear",
-            "weights": weights.description,
-            "pretrained": paths.abspath(config.pretrained) if config.pretrained else None,
-            "pretrained_step": weights.step,
-            "random_init": bool(config.random_init),
-            "task": self.task.name,
-            "model": self.task.config.model.to_dict(),
+            **base.results_header(config, self.task, weights),
             "step": int(outcome.step),
             "steps": run_plan.total_steps,
             "num_classes": train_set.num_classes,

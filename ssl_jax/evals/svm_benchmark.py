@@ -170,13 +170,7 @@ class SvmBenchmark:
             result["dims"] = int(x_train.shape[1])
             layers[name] = result
         results = {
-            "evaluation": config.evaluation,
-            "weights": weights.description,
-            "pretrained": paths.abspath(config.pretrained) if config.pretrained else None,
-            "pretrained_step": weights.step,
-            "random_init": bool(config.random_init),
-            "task": self.task.name,
-            "model": self.task.config.model.to_dict(),
+            **base.results_header(config, self.task, weights),
             "train": {"dataset": train.meta["dataset"], "images": int(len(train_rows)),
                       "skipped": train_skipped},
             "test": {"dataset": test.meta["dataset"], "images": int(len(test_rows)),
