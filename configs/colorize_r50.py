@@ -6,7 +6,7 @@ ImageNet-1k from TFDS ``imagenet2012`` (prepare it once with
 ``tfds build imagenet2012 --manual_dir=DIR_WITH_TARS --data_dir=D`` and pass
 ``--config.data.data_dir=D``).
 
-The task (PROTOCOLS.md): the L channel in, res5 at stride 1 (1/16, dilated), a 1x1 conv to the
+The task (PROTOCOLS.md): the L channel in, res5 at stride 1 (1/16, not dilated, as FAIR's model), a 1x1 conv to the
 313 ab bins upsampled to a 56x56 grid (1/4 of the 224 crop); targets soft-encoded over the K = 10
 nearest bins with sigma = 5; Zhang's class rebalancing (gamma 0.5) with priors estimated from
 10,000 training images at the start of the run and stored in the workdir

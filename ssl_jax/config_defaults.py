@@ -40,15 +40,23 @@ def pretrain() -> ml_collections.ConfigDict:
     c.input.resize_short = 256
     c.input.crop = 255
     c.input.flip = True
-    c.input.mean = IMAGENET_MEAN
+    c.input.mean = IMAGENET_MEAN  # per channel, in RGB order, of images / 255
     c.input.std = IMAGENET_STD
+    # The channel order the trunk's conv1 expects: "rgb", or "bgr" (Caffe2/OpenCV models kept in
+    # their own order; ssl_jax.weights' imports convert conv1 to RGB instead).
+    c.input.channel_order = "rgb"
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet"  # resnet | alexnet
     c.model.depth = 50  # 18, 34, 50, 101, 152
     c.model.width = 1.0  # channel multiplier
     c.model.res5_stride = 2
+    c.model.res5_dilation = 1  # with res5_stride=1: 1 = FAIR's Colorization ResNet, 2 = dilated
+    c.model.stride_in_1x1 = False  # bottleneck stride on the 3x3 (FAIR, torchvision) or the 1x1
     c.model.alexnet_variant = "jigsaw"
+    # LRN after AlexNet's pool1/pool2: None = the variant's (jigsaw: VISSL's CFN with LRN;
+    # FAIR's released Jigsaw models are evaluated without: False).
+    c.model.alexnet_lrn = ml_collections.FieldReference(None, field_type=bool)
     c.model.bn_group_size = 32  # images per BatchNorm group (the paper's per-GPU batch)
     c.model.dtype = "auto"  # activations: bfloat16 on GPU/TPU, float32 on CPU; params float32
 

@@ -276,6 +276,9 @@ SCHEMA: dict[str, tuple[Check, str]] = {
     "model.depth": one_of(18, 34, 50, 101, 152),
     "model.width": in_range(1 / 64, 16),
     "model.bn_group_size": optional(positive(integer=True)),
+    "model.res5_stride": one_of(1, 2),
+    "model.res5_dilation": one_of(1, 2),
+    "input.channel_order": one_of("rgb", "bgr"),
     "model.dtype": one_of("auto", "float32", "bfloat16", "float16"),
     "optim.batch_size": positive(integer=True),
     "optim.base_lr": positive(),
@@ -338,6 +341,12 @@ def validate(
                 f"config.optim.decay_epochs={config.optim.decay_epochs}: the learning rate would "
                 "climb to its peak and drop at once, never training at the peak. Shorten the "
                 "warm-up (--config.optim.warmup_epochs=0 for none) or move the first decay."
+            )
+    if "model.res5_dilation" in keys and config.model.res5_dilation != 1:
+        if config.model.get("res5_stride", 2) != 1:
+            raise ConfigError(
+                f"config.model.res5_dilation={config.model.res5_dilation} needs "
+                "config.model.res5_stride=1 (dilation replaces the stride res5 gives up)."
             )
     if "model.bn_group_size" in keys and config.model.bn_group_size:
         if config.optim.batch_size % config.model.bn_group_size:

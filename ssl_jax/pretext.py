@@ -87,7 +87,12 @@ def compute_dtype(name: str) -> jnp.dtype:
 
 
 def normalised_rgb(config: ml_collections.ConfigDict, images: jax.Array) -> jax.Array:
-    """uint8 RGB (B, H, W, 3) -> float32 (images / 255 - config.input.mean) / config.input.std."""
+    """uint8 RGB (B, H, W, 3) -> float32 (images / 255 - config.input.mean) / config.input.std,
+    mean and std given in RGB order; the channels reversed at the end when
+    ``config.input.channel_order`` is "bgr" (a trunk whose conv1 reads BGR)."""
     mean = jnp.asarray(tuple(config.input.mean), jnp.float32)
     std = jnp.asarray(tuple(config.input.std), jnp.float32)
-    return (images.astype(jnp.float32) / 255.0 - mean) / std
+    x = (images.astype(jnp.float32) / 255.0 - mean) / std
+    if config.input.get("channel_order", "rgb") == "bgr":
+        x = x[..., ::-1]
+    return x

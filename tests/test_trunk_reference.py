@@ -27,7 +27,16 @@ import pytest
 from ssl_jax.models import make_trunk
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-TRUNKS = ("resnet18", "resnet50", "resnet50_dilated", "alexnet_jigsaw", "alexnet_colorization")
+TRUNKS = (
+    "resnet18",
+    "resnet50",
+    "resnet50_dilated",
+    "resnet50_undilated",
+    "resnet50_stride_in_1x1",
+    "alexnet_jigsaw",
+    "alexnet_jigsaw_nolrn",
+    "alexnet_colorization",
+)
 TAPS = {
     "resnet": ("conv1", "res2", "res3", "res4", "res5"),
     "alexnet": ("conv1", "conv2", "conv3", "conv4", "conv5"),

@@ -159,7 +159,7 @@ class Jigsaw:
         if self.permutations is None:
             raise RuntimeError("Jigsaw.prepare needs the permutation set: call fit() first.")
         jig = self.config.jigsaw
-        return tiles_lib.make_puzzles(
+        tiles, labels = tiles_lib.make_puzzles(
             rng,
             batch["image"],
             self.permutations,
@@ -170,6 +170,9 @@ class Jigsaw:
             mean=tuple(self.config.input.mean),
             std=tuple(self.config.input.std),
         )
+        if self.config.input.get("channel_order", "rgb") == "bgr":
+            tiles = tiles[..., ::-1]
+        return tiles, labels
 
     def loss(self, logits: jax.Array, labels: jax.Array):
         return loss(logits, labels)

@@ -8,8 +8,9 @@
   conv4 384x3x3 pad 1 groups 2 + BN + ReLU
   conv5 256x3x3 pad 1 groups 2 + BN + ReLU, maxpool 3/2
 VISSL has BatchNorm on conv3-5 only and keeps CFN's local response normalisation after pool1 and
-pool2; we follow it (and PROTOCOLS.md, "each conv3-5 with BN + ReLU") so that features and
-transfer numbers are comparable with the published AlexNet Jigsaw models.
+pool2; ssl_jax's pretraining follows it (and PROTOCOLS.md, "each conv3-5 with BN + ReLU"). FAIR's
+evaluation graph of its released AlexNet Jigsaw models (`alexnet_jigsaw_finetune_linear.py`) has
+no LRN: `lrn=False` gives that graph, and an imported FAIR model carries it.
 
 "colorization" (Zhang et al.'s AlexNet as benchmarked by the paper): conv1 stride 4, BatchNorm
 after every conv, no LRN, grouped conv2/4/5; otherwise as above.
@@ -87,6 +88,7 @@ class AlexNet(nn.Module):
     Attributes:
       variant: "jigsaw" (conv1 stride 2, LRN, BN on conv3-5) or "colorization" (conv1 stride 4,
         BN on every conv).
+      lrn: LRN after pool1 and pool2; None = the variant's (jigsaw: yes, colorization: no).
       width: multiplies every channel count (rounded to an even number, at least 2).
       bn_group_size: examples per BatchNorm group in training; None = whole batch.
       bn_momentum, bn_epsilon: BatchNorm running-average decay and epsilon.
@@ -100,6 +102,7 @@ class AlexNet(nn.Module):
     """
 
     variant: str = "jigsaw"
+    lrn: bool | None = None
     width: float = 1.0
     bn_group_size: int | None = None
     bn_momentum: float = 0.9
@@ -135,6 +138,7 @@ class AlexNet(nn.Module):
                 "config.features.size in a benchmark."
             )
         taps = {}
+        lrn = self.variant == "jigsaw" if self.lrn is None else self.lrn
         x = x.astype(self.dtype)
         for name, features, kernel, stride, pad, groups in _CONVS:
             with_bn = self.variant == "colorization" or name not in ("conv1", "conv2")
@@ -164,7 +168,7 @@ class AlexNet(nn.Module):
             taps[name] = x
             if name in _POOL_AFTER:
                 x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-                if self.variant == "jigsaw" and name != "conv5":
+                if lrn and name != "conv5":
                     x = local_response_norm(x)
         pooled = x.astype(jnp.float32).reshape(x.shape[0], -1)
         return pooled, taps

@@ -10,9 +10,16 @@ Parameter names follow torchvision so a weight export is a renaming: `conv1`/`bn
 `res{s}_{i}` is block i of stage s (torchvision's `layer{s-1}.{i}`), and inside a block
 `conv1..conv3`, `bn1..bn3`, `downsample_conv`, `downsample_bn`.
 
-`res5_stride=1` keeps res5 at res4's resolution (1/16 of the input), as for Colorization. The lost
-stride is given back as dilation 2 in every 3x3 conv of res5 (Detectron2's `res5_dilation`,
-DeepLab-style), so res5's receptive field grows as it would have with stride 2.
+`res5_stride=1` keeps res5 at res4's resolution (1/16 of the input), as for Colorization. FAIR's
+Colorization ResNet-50 (`resnet_colorize_finetune_linear.py`) does only that: res5's 3x3 convs are
+not dilated (`res5_dilation=1`, the default). `res5_dilation=2` gives the lost stride back as
+dilation in every 3x3 conv of res5 (Detectron2's `res5_dilation`, DeepLab-style), so res5's
+receptive field grows as it would have with stride 2.
+
+`stride_in_1x1=True` puts a bottleneck block's stride on its first 1x1 conv instead of the 3x3
+(the original Caffe ResNet and Detectron's MSRA models, Detectron's `STRIDE_1X1`). FAIR's
+self-supervision models and torchvision's put it on the 3x3 (the default, False). The parameters
+are the same either way; only the forward differs.
 """
 
 from typing import Any
@@ -57,6 +64,7 @@ class _Block(nn.Module):
     planes: int
     stride: int
     dilation: int
+    stride_in_1x1: bool
     bn_group_size: int | None
     zero_init_residual: bool
     bn_momentum: float
@@ -99,9 +107,10 @@ class _Block(nn.Module):
             y = conv(self.planes, 3, 1, self.dilation, name="conv2")(y)
             y = bn("bn2", last=True)(y, train)
         else:
-            y = conv(self.planes, 1, name="conv1")(x)
+            stride_1x1, stride_3x3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
+            y = conv(self.planes, 1, stride_1x1, name="conv1")(x)
             y = nn.relu(bn("bn1")(y, train))
-            y = conv(self.planes, 3, self.stride, self.dilation, name="conv2")(y)
+            y = conv(self.planes, 3, stride_3x3, self.dilation, name="conv2")(y)
             y = nn.relu(bn("bn2")(y, train))
             y = conv(out_features, 1, name="conv3")(y)
             y = bn("bn3", last=True)(y, train)
@@ -118,7 +127,11 @@ class ResNet(nn.Module):
     Attributes:
       depth: 18 or 34 (basic blocks), 50, 101 or 152 (bottleneck blocks).
       width: multiplies every channel count (stem 64 -> max(1, round(64 * width)), etc.).
-      res5_stride: 2 (standard) or 1 (res5 at 1/16 resolution, dilated 3x3 convs).
+      res5_stride: 2 (standard) or 1 (res5 at 1/16 resolution).
+      res5_dilation: dilation of res5's 3x3 convs, 1 (FAIR's Colorization model) or 2 (a
+        stride-2 res5's receptive field); with res5_stride=2 it must be 1.
+      stride_in_1x1: bottleneck blocks stride on the first 1x1 conv (Caffe/Detectron MSRA)
+        rather than on the 3x3 (torchvision, FAIR's models; the default).
       bn_group_size: examples per BatchNorm group in training; None = whole batch.
       zero_init_residual: start each block's last BN scale at 0 (block = identity at init).
       bn_momentum, bn_epsilon: BatchNorm running-average decay and epsilon.
@@ -135,6 +148,8 @@ class ResNet(nn.Module):
     depth: int = 50
     width: float = 1.0
     res5_stride: int = 2
+    res5_dilation: int = 1
+    stride_in_1x1: bool = False
     bn_group_size: int | None = None
     zero_init_residual: bool = False
     bn_momentum: float = 0.9
@@ -146,6 +161,12 @@ class ResNet(nn.Module):
         if self.res5_stride not in (1, 2):
             raise ValueError(
                 f"res5_stride must be 1 or 2, got {self.res5_stride}; set config.model.res5_stride."
+            )
+        if self.res5_dilation not in (1, 2) or (self.res5_stride == 2 and self.res5_dilation != 1):
+            raise ValueError(
+                f"res5_dilation must be 1 or 2, and 1 when res5_stride=2; got res5_dilation="
+                f"{self.res5_dilation} with res5_stride={self.res5_stride}. Set "
+                "config.model.res5_dilation."
             )
         if not self.width > 0:
             raise ValueError(f"width must be positive, got {self.width}; set config.model.width.")
@@ -188,13 +209,14 @@ class ResNet(nn.Module):
             stride = 1 if stage == 0 else 2
             dilation = 1
             if stage == 3 and self.res5_stride == 1:
-                stride, dilation = 1, 2
+                stride, dilation = 1, self.res5_dilation
             for i in range(num_blocks):
                 x = _Block(
                     kind=kind,
                     planes=planes,
                     stride=stride if i == 0 else 1,
                     dilation=dilation,
+                    stride_in_1x1=self.stride_in_1x1,
                     bn_group_size=self.bn_group_size,
                     zero_init_residual=self.zero_init_residual,
                     bn_momentum=self.bn_momentum,
