@@ -64,12 +64,12 @@ class _Block(nn.Module):
     planes: int
     stride: int
     dilation: int
-    stride_in_1x1: bool
     bn_group_size: int | None
     zero_init_residual: bool
     bn_momentum: float
     bn_epsilon: float
     dtype: Any
+    stride_in_1x1: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
