@@ -334,6 +334,33 @@ def test_low_shot_sampling_counts_and_determinism(data):
     assert (single[places[0]].sum(0) == 4).all() and len(places[0]) == 12
 
 
+def check_voc07_low_shot_rows(labels, rows, k):
+    """FAIR's rule per class: k positives, min(19k, absent) negatives, all of them absent."""
+    for c, r in enumerate(rows):
+        assert len(np.unique(r)) == len(r)
+        assert (labels[r, c] == 1).sum() == min(k, (labels[:, c] == 1).sum())
+        assert (labels[r, c] == -1).sum() == 0, f"class {c}: a difficult row drawn as negative"
+        assert (labels[r, c] == 0).sum() == min(19 * k, (labels[:, c] == 0).sum())
+
+
+def test_low_shot_voc07_negatives_are_absent_never_difficult():
+    labels = np.zeros((120, 3), np.int8)
+    labels[:4, 0], labels[4:34, 0] = 1, -1  # 4 positives, 30 difficult, 86 absent
+    labels[100:, 1], labels[:70, 1] = 1, -1  # 20 positives, 70 difficult, 30 absent: short
+    labels[50:53, 2] = 1  # no difficult
+    for k in (1, 2):
+        for sample in range(5):
+            rows = svm.sample_low_shot(labels, k, sample, mode="voc07", seed=7)
+            check_voc07_low_shot_rows(labels, rows, k)
+            # k = 2 asks 38 negatives of class 1, which has 30 absent rows: all of them.
+            assert k == 1 or np.array_equal(rows[1], np.r_[70:100, rows[1][-2:]])
+    # The previous rule drew negatives from every non-positive row, difficult included; on
+    # these labels it is the rule above with difficult read as absent, and it fails the check.
+    old = svm.sample_low_shot(np.where(labels == -1, 0, labels), 2, 0, mode="voc07", seed=7)
+    with pytest.raises(AssertionError, match="difficult row drawn"):
+        check_voc07_low_shot_rows(labels, old, 2)
+
+
 def test_low_shot_stats(data):
     res = svm.low_shot(*data, ks=(1, 4), samples=3, costs=(0.01, 1.0), solver="jax", seed=0)
     assert res["selection"] == "test-selected" and res["mode"] == "voc07"

@@ -476,12 +476,16 @@ def sample_low_shot(
 ) -> list[np.ndarray]:
     """Training rows of one low-shot sample, per class.
 
-    VOC07: per class, k positives (label 1) and 19k negatives drawn without replacement from the
-    rows that are not positive for that class (absent or difficult; difficult counts as
-    negative); fewer if the data has fewer. Places: k rows of each class (label 1), one shared
-    training set for all classes, so every class gets the same rows.
-    The draw is a function of (seed, k, sample) only, so it does not depend on which other k
-    are evaluated.
+    VOC07, as FAIR's extra_scripts/create_voc_low_shot_samples.py: per class, independently of
+    the other classes, k positives (label 1) and 19k negatives (FAIR: (C - 1) k, 19k for VOC's
+    20 classes), drawn without replacement; the negatives only from the rows where the class is
+    absent (label 0), so a row that is difficult (-1) for a class is never drawn for it. All
+    classes' positives are drawn first, then each class's negatives. Where a class has fewer
+    than k positives or 19k absent rows, all of them are taken (FAIR's script stops with an
+    error there).
+    Places: k rows of each class (label 1), one shared training set for all classes, so every
+    class gets the same rows. The draw is a function of (seed, k, sample) only, so it does not
+    depend on which other k are evaluated.
 
     Returns:
       C arrays of sorted row indices into train_labels.
@@ -499,8 +503,8 @@ def sample_low_shot(
         return [shared] * num_classes
     out = []
     for c in range(num_classes):
-        neg = np.flatnonzero(train_labels[:, c] != 1)
-        negs = rng.choice(neg, min(NEGATIVES_PER_POSITIVE * k, len(neg)), replace=False)
+        absent = np.flatnonzero(train_labels[:, c] == 0)
+        negs = rng.choice(absent, min(NEGATIVES_PER_POSITIVE * k, len(absent)), replace=False)
         out.append(np.sort(np.concatenate([picks[c], negs])))
     return out
 
