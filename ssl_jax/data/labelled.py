@@ -61,6 +61,9 @@ VOC07_TFDS_SPLITS = {
 
 DEFAULT_KEY = "config.dataset"
 
+# The names of VOC sets (voc07_tfds, vocdevkit), whose rows the SVMs take in image-id order.
+_VOC_NAME = re.compile(r"voc\d{4}/")
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LabelledSet:
@@ -268,7 +271,8 @@ def voc07_tfds(
 
     Per image and class: 1 if the class is among the image's `labels_no_difficult` (it has a
     non-difficult object of the class), -1 (difficult) if it is among `labels` only (all its
-    objects of the class are marked difficult), else 0. Records are in TFDS's stored order;
+    objects of the class are marked difficult), else 0. Records are in TFDS's stored order
+    (not id order; the SVM benchmarks sort VOC rows by image id, ``svm_row_order``);
     "trainval" is TFDS "train" (2501) followed by "validation" (2510). Ids are
     "<tfds split>/<VOC image id>", e.g. "train/000012".
 
@@ -381,7 +385,8 @@ def vocdevkit(
 
     Reads ImageSets/Main/<class>_<split>.txt for the 20 VOC classes, whose values 1 (present),
     -1 (absent), 0 (difficult: only difficult objects of the class) become 1 / 0 / -1, and the
-    images JPEGImages/<id>.jpg. Records are in the order of the class files (VOC's id order);
+    images JPEGImages/<id>.jpg. Records are in the order of the class files (VOC's id order;
+    the SVM benchmarks sort VOC rows by image id whatever the files' order, ``svm_row_order``);
     ids are VOC image ids ("000005").
 
     Args:
@@ -644,6 +649,30 @@ def make_labelled(split_config: Mapping[str, Any], *, config_key: str = DEFAULT_
     if first or max_examples:
         dataset = dataset.subset(first, max_examples, config_key)
     return dataset
+
+
+def svm_row_order(name: str, ids: Any) -> np.ndarray:
+    """Positions of a labelled set's rows in the order the SVM benchmarks take them.
+
+    A VOC set (named "voc<year>/<split>", from TFDS or a VOCdevkit) in VOC image-id order
+    ("000005" before "000012"; a TFDS id's "<tfds split>/" prefix is left out), whatever order
+    its source stores: FAIR's benchmark lists a split's images sorted by id
+    (create_voc_data_files.py), and both the unshuffled cross-validation folds and the
+    low-shot draws depend on the order (PROTOCOLS.md, "Where FAIR's code departs"). Any other
+    set in its own order.
+
+    Args:
+        name: the set's name (``LabelledSet.name``, meta.json's "dataset" of stored features).
+        ids: (N,) the set's ids in its order.
+
+    Returns:
+        (N,) int64 positions: row i of the SVMs' order is the set's ``positions[i]``.
+    """
+    ids = np.asarray(ids).astype(str)
+    if not _VOC_NAME.match(name):
+        return np.arange(len(ids), dtype=np.int64)
+    image_ids = np.asarray([i.rsplit("/", 1)[-1] for i in ids.tolist()])
+    return np.argsort(image_ids, kind="stable").astype(np.int64)
 
 
 def check_compatible(train: LabelledSet, test: LabelledSet) -> None:

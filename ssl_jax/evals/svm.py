@@ -6,9 +6,11 @@ Protocol (PROTOCOLS.md, "VOC07 linear SVMs"):
   feature of value 1 (liblinear intercept_scaling=1), class weights {+1: 2, -1: 1}, tol 1e-4;
 - training labels: present (1) -> +1, absent (0) and difficult (-1) -> -1;
 - the cost of each class is chosen from `COSTS` by 3-fold cross-validation (sklearn's unshuffled
-  StratifiedKFold on that class's +-1 labels), scored by non-interpolated AP (sklearn
-  `average_precision_score` on the held-out decision values), mean over folds; the first cost in
-  `COSTS` order reaching the best mean wins ties; the SVM is refit on all training rows;
+  StratifiedKFold on that class's +-1 labels, so the folds follow the row order: VOC07 rows go
+  in image-id order, as FAIR's, which svm_benchmark ensures), scored by non-interpolated AP
+  (sklearn `average_precision_score` on the held-out decision values), mean over folds; the
+  first cost in `COSTS` order reaching the best mean wins ties; the SVM is refit on all
+  training rows;
 - test AP is the all-points VOC AP (`voc07_ap`) with difficult rows removed; mAP is the mean over
   the classes that have test positives.
 

@@ -6,8 +6,10 @@
 test AP), "voc07_lowshot" or "places205_lowshot" ("Low-shot": k per class, samples, results at
 the test-selected cost). Features of ``data.train`` and ``data.test`` go to
 ``workdir/features/{train,test}`` (``ssl_jax.evals.features``; resumable, reused for the same
-weights and data); results to workdir/results.json and results.md (mAP per layer, in %), and the
-metrics returned are that mAP per layer (``LAYER``, and ``LAYER/kK`` for low-shot).
+weights and data); the SVMs take a VOC set's rows in image-id order, as FAIR's benchmark,
+whatever order its source stores (``svm_rows``). Results go to workdir/results.json and
+results.md (mAP per layer, in %), and the metrics returned are that mAP per layer (``LAYER``,
+and ``LAYER/kK`` for low-shot).
 """
 
 from __future__ import annotations
@@ -135,8 +137,8 @@ class SvmBenchmark:
         start = time.perf_counter()
         train = self._features("train", weights, workdir)
         test = self._features("test", weights, workdir)
-        train_rows, train_skipped = _usable(train, "train")
-        test_rows, test_skipped = _usable(test, "test")
+        train_rows, train_skipped = svm_rows(train, "train")
+        test_rows, test_skipped = svm_rows(test, "test")
         class_names = train.meta["class_names"]
         if test.meta["class_names"] != class_names:
             raise ValueError(
@@ -186,13 +188,24 @@ class SvmBenchmark:
         return metrics
 
 
-def _usable(stored: features_lib.Stored, which: str) -> tuple[np.ndarray, int]:
-    """Rows with a decoded image, and how many were left out."""
+def svm_rows(stored: features_lib.Stored, which: str) -> tuple[np.ndarray, int]:
+    """The stored rows the SVMs take, in their order, and how many were left out.
+
+    Rows with a decoded image; a VOC set's in image-id order, whatever order the features were
+    stored in (``ssl_jax.data.labelled.svm_row_order``: FAIR's order, on which the unshuffled
+    CV folds and the low-shot draws depend).
+
+    Returns:
+        (rows (M,) int64 positions into the stored rows, number of undecodable images).
+    """
+    from ssl_jax.data import labelled  # TensorFlow: only where data is read
+
     ok = np.asarray(stored.ok, bool)
     skipped = int((~ok).sum())
     if skipped:
         _log.warning("%d %s images could not be decoded and are left out", skipped, which)
-    return np.flatnonzero(ok), skipped
+    order = labelled.svm_row_order(stored.meta["dataset"], stored.ids)
+    return order[ok[order]], skipped
 
 
 def markdown_table(results: dict[str, Any]) -> str:
