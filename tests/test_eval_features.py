@@ -177,6 +177,36 @@ def test_extract_matches_direct_forward_and_resumes(tiny, tmp_path, monkeypatch)
         assert os.path.getmtime(os.path.join(out, name, f"{8:09d}.npy")) == before[name]
 
 
+def test_extract_starts_afresh_for_the_same_set_in_another_order(tiny, tmp_path):
+    """meta.json names the set, not its order: the same images in another order (VOC07 from
+    TFDS, then from a VOCdevkit) are extracted again, not reused or resumed row for row."""
+    import dataclasses
+
+    from ssl_jax.data import labelled
+
+    task, features, variables, dataset = tiny
+    out = str(tmp_path / "features")
+    F.extract(task, features, variables, dataset, out, batch_size=8, size=64)
+    first = F.load(out).layer("pool5")
+    backwards = np.arange(dataset.num_examples)[::-1]
+    source = dataset.source
+    reordered = labelled.LabelledSet(
+        name=dataset.name,
+        source=dataclasses.replace(
+            source, paths=source.paths[backwards], labels=source.labels[backwards],
+            ids=None if source.ids is None else source.ids[backwards],
+        ),
+        labels=dataset.labels[backwards],
+        class_names=dataset.class_names,
+        ids=dataset.ids[backwards],
+    )  # fmt: skip
+    F.extract(task, features, variables, reordered, out, batch_size=8, size=64)
+    again = F.load(out)
+    assert again.ids == [str(i) for i in reordered.ids]
+    np.testing.assert_array_equal(again.labels, reordered.labels)
+    np.testing.assert_allclose(again.layer("pool5"), first[backwards], rtol=1e-5, atol=1e-6)
+
+
 def test_extract_on_8_devices_matches_1(tiny, tmp_path):
     task, features, variables, dataset = tiny
     assert jax.device_count() == 8

@@ -258,7 +258,8 @@ def extract(
       batch_size: global images per forward pass; a multiple of the device count.
       size: input size; None for 224 (ResNet) / 227 (AlexNet).
       description: what the weights are (a workdir and step), stored in meta.json; a different
-        description or dataset in an existing out_dir restarts the extraction.
+        description or dataset in an existing out_dir restarts the extraction, and so do the
+        same set's images in another order (ids.txt and labels.npy are compared row by row).
 
     Returns:
       meta.json's content: {"layers": {name: dim}, "num_examples", "skipped", ...}.
@@ -296,6 +297,7 @@ def extract(
     meta_path, progress_path = (paths.join(out_dir, f) for f in ("meta.json", "progress.json"))
     old = _read_json(meta_path)
     same = old is not None and {k: v for k, v in old.items() if k not in _OUTCOME} == meta
+    same = same and _same_rows(out_dir, dataset)
     progress = _read_json(progress_path) if same else None
     done = int(progress["rows"]) if progress else 0
     if done >= n:
@@ -356,6 +358,19 @@ def extract(
         paths.write_json(progress_path, {"rows": n})
     base.barrier(f"features {out_dir}")
     return meta
+
+
+def _same_rows(out_dir: str, dataset) -> bool:
+    """Whether out_dir's ids.txt and labels.npy are the dataset's, row for row. meta.json names
+    the set but not its order: the same set from another source (VOC07 from TFDS, stored
+    shuffled, or from a VOCdevkit, in id order) must start afresh, not resume or reuse rows
+    stored in another order."""
+    ids_path, labels_path = (paths.join(out_dir, f) for f in ("ids.txt", "labels.npy"))
+    if not (paths.isfile(ids_path) and paths.isfile(labels_path)):
+        return False
+    if paths.read_text(ids_path).splitlines() != [str(i) for i in dataset.ids]:
+        return False
+    return bool(np.array_equal(paths.load_npy(labels_path), dataset.labels))
 
 
 def _parts(n: int, part_rows: int) -> range:
