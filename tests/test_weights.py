@@ -258,14 +258,13 @@ def test_refuses_an_existing_run(imported, capsys):
     assert code == 2 and "already holds a run" in capsys.readouterr().err
 
 
-def test_torch_reader_refuses_pickled_modules(tmp_path):
-    torch = pytest.importorskip(
-        "torch", reason="writing a pickled nn.Module needs torch (bench extra)"
-    )
-    path = str(tmp_path / "module.pth")
-    torch.save(torch.nn.Linear(2, 2), path)
+def test_torch_reader_refuses_pickled_modules(tmp_path, capsys):
+    source = os.path.join(WEIGHTS, "pickled_module.pth")  # torch.save(nn.Linear(2, 2))
     with pytest.raises(torchfile.TorchFileError, match="Linear"):
-        torchfile.load(path)
+        torchfile.load(source)
+    _refused(
+        tmp_path, ["--format=torchvision", "--model=resnet18_supervised", source], capsys, "Linear"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
