@@ -1,16 +1,27 @@
-"""The 313 quantised ab colours of Zhang et al., derived from the sRGB gamut.
+"""The quantised ab colours: Zhang et al.'s 313 from the sRGB gamut, or cells found in the data.
 
-The ab plane is gridded with step 10 over [-110, 110]^2 (23 x 23 centres). A centre is kept when
-the +-10 box around it touches the convex hull of the ab projection of the sRGB gamut. The hull is
-the projection of the surface of the RGB cube (every interior colour projects inside it); a 9-level
+Bin size 10 (the default, ``config.colorization.bin_size``) is Zhang et al.'s set. The ab plane
+is gridded with step 10 over [-110, 110]^2 (23 x 23 centres). A centre is kept when the +-10 box
+around it touches the convex hull of the ab projection of the sRGB gamut. The hull is the
+projection of the surface of the RGB cube (every interior colour projects inside it); a 9-level
 sampling of the faces already gives the same 313 centres as the full 256-level one, which we use.
 The result equals Zhang et al.'s pts_in_hull.npy, in its order (a-major, then b).
+
+Bin sizes 5, 15 and 20 follow FAIR's generate_colorization_bins_priors.py: a 2-D histogram of the
+8-bit ab (code - 128) of the pretraining images over the edges ``arange(-128, 128, size)`` in a
+and in b, with numpy's histogram2d conventions (cells [e_i, e_i+1), the last one closed, values
+beyond the last edge dropped: a, b > 122 for size 10, > 123 for 5, > 112 for 20); the bins are
+the cells that hold at least one pixel, each listed by its lower edges (a_i, b_j), and their
+priors the cells' pixel frequencies. FAIR's soft encoding measured distances to those listed
+coordinates, so ours does too. The estimation from the data is
+``ssl_jax.colorization.data_bins``; the grid arithmetic is here.
 """
 
 from __future__ import annotations
 
 import functools
 
+import jax.numpy as jnp
 import numpy as np
 from scipy.spatial import ConvexHull
 
@@ -19,6 +30,8 @@ from ssl_jax.colorization.lab import rgb_to_lab_numpy
 NUM_BINS = 313
 GRID_STEP = 10.0
 GRID_LIMIT = 110.0
+ZHANG_BIN_SIZE = 10  # config.colorization.bin_size of Zhang's 313 gamut bins
+BIN_SIZES = (5, 10, 15, 20)  # FAIR's release: 10 (Zhang's) and data bins of 5, 15, 20
 
 
 def _gamut_surface(levels: int = 256) -> np.ndarray:
@@ -61,3 +74,73 @@ def _ab_bins() -> np.ndarray:
 def ab_bins() -> np.ndarray:
     """The 313 ab bin centres, float32 (313, 2), read-only; in pts_in_hull.npy's order."""
     return _ab_bins()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bins found in the data (FAIR's generate_colorization_bins_priors.py)
+
+
+def histogram_edges(size: int) -> np.ndarray:
+    """int64: FAIR's histogram edges in a and in b, ``arange(-128, 128, size)``."""
+    return np.arange(-128, 128, size)
+
+
+def grid_cells(size: int) -> int:
+    """The number of histogram cells, the most data bins a bin size can give."""
+    return (len(histogram_edges(size)) - 1) ** 2
+
+
+def ab_cells(ab: jnp.ndarray, size: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Histogram cells of ab values, as numpy's histogram2d over ``histogram_edges(size)``.
+
+    Args:
+      ab: float or integer (..., 2), a and b in Lab units (8-bit codes - 128 in [-128, 127]).
+
+    Returns:
+      (cell int32 (...,): a_cell * n + b_cell over n = len(edges) - 1 cells per axis;
+       inside bool (...,): False for values beyond the edges, which histogram2d drops).
+    """
+    edges = histogram_edges(size)
+    n = len(edges) - 1
+    ab = jnp.asarray(ab, jnp.float32)
+    inside = jnp.all((ab >= edges[0]) & (ab <= edges[-1]), axis=-1)
+    # Cells [e_i, e_i+1); the last one is closed, so a value on the last edge counts in it.
+    index = jnp.clip(jnp.floor((ab - edges[0]) / size).astype(jnp.int32), 0, n - 1)
+    return index[..., 0] * n + index[..., 1], inside
+
+
+def bins_from_counts(counts: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """FAIR's bins and priors from the cell counts of ``ab_cells``.
+
+    Args:
+      counts: (n * n,) pixel counts per cell (a-major).
+
+    Returns:
+      (bins float32 (Q, 2): the lower edges (a, b) of the cells with pixels, a-major then b;
+       priors float64 (Q,): their pixel frequencies, summing to 1).
+    """
+    edges = histogram_edges(size)
+    n = len(edges) - 1
+    counts = np.asarray(counts, np.float64).reshape(n, n)
+    rows, cols = np.nonzero(counts > 0)
+    bins = np.stack([edges[rows], edges[cols]], axis=1).astype(np.float32)
+    priors = counts[rows, cols] / counts.sum()
+    return bins, priors
+
+
+def check_data_bins(bins: np.ndarray, size: int) -> str | None:
+    """Why ``bins`` cannot be a data-bin set of this size (None if it can): (Q, 2), distinct
+    lower edges of the histogram cells, a-major then b."""
+    bins = np.asarray(bins)
+    if bins.ndim != 2 or bins.shape[1] != 2 or not 1 <= bins.shape[0] <= grid_cells(size):
+        return f"shape {bins.shape} is not (Q, 2) with 1 <= Q <= {grid_cells(size)}"
+    lower_edges = histogram_edges(size)[:-1]
+    if not np.isin(bins, lower_edges).all():
+        return (
+            f"coordinates {bins[~np.isin(bins, lower_edges).all(1)][:3].tolist()} are not "
+            f"lower edges of the bin_size={size} grid"
+        )
+    keys = bins[:, 0] * 1000 + bins[:, 1]
+    if not (np.diff(keys) > 0).all():
+        return "the bins are not distinct and in a-major, then b order"
+    return None

@@ -1,7 +1,9 @@
-"""Soft encoding of ab colours over the 313 bins, class rebalancing, and the colorization loss.
+"""Soft encoding of ab colours over the ab bins, class rebalancing, and the colorization loss.
 
+The bins are Zhang et al.'s 313 (``ab_bins``, the default ``bins=None``) or any (Q, 2) set, such
+as the ones estimated from the data for other bin sizes (``ssl_jax.colorization.data_bins``).
 Targets stay sparse: every pixel carries the indices of its K nearest bins and their Gaussian
-weights, and the loss gathers K log-probabilities per pixel instead of forming a (..., 313)
+weights, and the loss gathers K log-probabilities per pixel instead of forming a (..., Q)
 target. ``soft_encode_dense`` builds the dense target for the rare caller that wants it.
 """
 
@@ -16,37 +18,75 @@ import numpy as np
 from ssl_jax.colorization.bins import NUM_BINS, ab_bins
 
 
+def bin_array(bins: np.ndarray | None = None) -> np.ndarray:
+    """float32 (Q, 2), read-only: ``bins``, or Zhang's 313 (``ab_bins()``) for None."""
+    if bins is None:
+        return ab_bins()
+    bins = np.asarray(bins, np.float32)
+    if bins.ndim != 2 or bins.shape[1] != 2 or bins.shape[0] < 1:
+        raise ValueError(f"ab bins must be a (Q, 2) array, got shape {bins.shape}.")
+    if bins.flags.writeable:
+        bins = bins.copy()
+        bins.setflags(write=False)
+    return bins
+
+
+@functools.lru_cache(maxsize=32)
+def _bins_from_key(key: bytes) -> np.ndarray:
+    bins = np.frombuffer(key, np.float32).reshape(-1, 2)
+    return bins
+
+
+def _bins_key(bins: np.ndarray | None) -> bytes | None:
+    """A hashable stand-in for a bin set (a static argument of the jitted kernels)."""
+    return None if bins is None else bin_array(bins).tobytes()
+
+
+def _bins_of(key: bytes | None) -> np.ndarray:
+    return ab_bins() if key is None else _bins_from_key(key)
+
+
 def _squared_distances(ab: jnp.ndarray, bins: jnp.ndarray) -> jnp.ndarray:
     # Differences first, then squares: exact to float32 rounding, unlike |x|^2 - 2xc + |c|^2.
     return jnp.square(ab[..., None, 0] - bins[:, 0]) + jnp.square(ab[..., None, 1] - bins[:, 1])
 
 
 # The K nearest bins of any point of a small ab cell are among the bins within r_K(centre) + the
-# cell's diagonal of the cell's centre (triangle inequality), a list known in advance: at most 17
-# bins for K = 10 and 52 for K = 40 instead of 313. The table covers every ab value an sRGB colour
-# or an 8-bit Lab value can take with room to spare.
+# cell's diagonal of the cell's centre (triangle inequality), a list known in advance: for Zhang's
+# bins at most 17 for K = 10 and 52 for K = 40 instead of 313. The table covers every ab value an
+# sRGB colour or an 8-bit Lab value can take with room to spare.
 CELL = 2.0
 TABLE_LIMIT = 160.0  # the table covers [-160, 160)^2; values outside use the nearest edge cell
-MAX_CANDIDATES = 128  # beyond this many candidates per cell, search all 313 bins
+MAX_CANDIDATES = 128  # beyond this many candidates per cell, search all bins
+_TABLE_ROWS = 4096  # cells per block while building a table (bounds its memory for large Q)
 
 
-@functools.cache
-def candidate_table(k: int) -> np.ndarray | None:
+def candidate_table(k: int, bins: np.ndarray | None = None) -> np.ndarray | None:
     """int32 (cells, C): per ab cell (row-major over a and b), the candidate bins in increasing
-    index order, padded with the index 313 (a point far away); None where C would exceed
-    MAX_CANDIDATES."""
-    bins = ab_bins().astype(np.float64)
+    index order, padded with the index Q (a point far away); None where C would exceed
+    MAX_CANDIDATES. ``bins``: (Q, 2), None for Zhang's 313."""
+    return _candidate_table(k, _bins_key(bins))
+
+
+@functools.lru_cache(maxsize=32)
+def _candidate_table(k: int, key: bytes | None) -> np.ndarray | None:
+    bins = _bins_of(key).astype(np.float64)
+    num_bins = bins.shape[0]
     n = int(2 * TABLE_LIMIT / CELL)
     axis = -TABLE_LIMIT + CELL * (np.arange(n) + 0.5)
     centres = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
-    distance = np.sqrt(np.square(centres[:, None, :] - bins[None]).sum(-1))  # (cells, 313)
-    reach = np.partition(distance, k - 1, axis=1)[:, k - 1] + CELL * np.sqrt(2.0) + 1e-3
-    inside = distance <= reach[:, None]
+    blocks = []
+    for start in range(0, len(centres), _TABLE_ROWS):
+        block = centres[start : start + _TABLE_ROWS]
+        distance = np.sqrt(np.square(block[:, None, :] - bins[None]).sum(-1))  # (cells, Q)
+        reach = np.partition(distance, k - 1, axis=1)[:, k - 1] + CELL * np.sqrt(2.0) + 1e-3
+        blocks.append(distance <= reach[:, None])
+        if int(blocks[-1].sum(1).max()) > MAX_CANDIDATES:
+            return None
+    inside = np.concatenate(blocks)
     width = int(inside.sum(1).max())
-    if width > MAX_CANDIDATES:
-        return None
     order = np.argsort(~inside, axis=1, kind="stable")[:, :width]  # candidates first, in order
-    table = np.where(np.take_along_axis(inside, order, 1), order, NUM_BINS).astype(np.int32)
+    table = np.where(np.take_along_axis(inside, order, 1), order, num_bins).astype(np.int32)
     table.setflags(write=False)
     return table
 
@@ -74,31 +114,41 @@ def _top_k_rows(x: jnp.ndarray, k: int):
     return jax.lax.platform_dependent(x, cpu=chunked, default=lambda x: tuple(jax.lax.top_k(x, k)))
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
-def soft_encode(ab: jnp.ndarray, k: int = 10, sigma: float = 5.0):
+def soft_encode(ab: jnp.ndarray, k: int = 10, sigma: float = 5.0, bins: np.ndarray | None = None):
     """Each ab value's K nearest bins and their normalised Gaussian weights.
 
     Args:
       ab: float (..., 2), a and b in Lab units (exact for |a|, |b| < 160, which holds for every
         sRGB colour and every 8-bit Lab value).
-      k: neighbours per value, 1 to 313. Ties in distance go to the lower bin index.
+      k: neighbours per value, 1 to Q. Ties in distance go to the lower bin index.
       sigma: the Gaussian's width in ab units; weights are exp(-d^2 / (2 sigma^2)), normalised.
+      bins: float (Q, 2) bin coordinates; None for Zhang's 313.
 
     Returns:
       indices: int32 (..., k), nearest first.
       weights: float32 (..., k), each row sums to 1.
     """
-    if not 1 <= k <= NUM_BINS:
-        raise ValueError(f"k={k} neighbours is outside [1, {NUM_BINS}]; set config.colorization.k.")
+    num_bins = bin_array(bins).shape[0]
+    if not 1 <= k <= num_bins:
+        raise ValueError(
+            f"k={k} neighbours is outside [1, {num_bins}] (the number of ab bins); set "
+            "config.colorization.k."
+        )
+    return _soft_encode(ab, k=k, sigma=sigma, key=_bins_key(bins))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "key"))
+def _soft_encode(ab: jnp.ndarray, k: int, sigma: float, key: bytes | None):
+    bins = _bins_of(key)
     ab = jnp.asarray(ab, jnp.float32)
-    table = candidate_table(k)
+    table = _candidate_table(k, key)
     if table is None:
-        neg_d2, indices = _top_k_rows(-_squared_distances(ab, jnp.asarray(ab_bins())), k)
+        neg_d2, indices = _top_k_rows(-_squared_distances(ab, jnp.asarray(bins)), k)
     else:
         n = int(2 * TABLE_LIMIT / CELL)
         cell = jnp.clip(jnp.floor((ab + TABLE_LIMIT) / CELL).astype(jnp.int32), 0, n - 1)
         candidates = jnp.asarray(table)[cell[..., 0] * n + cell[..., 1]]  # (..., C)
-        padded = jnp.asarray(np.concatenate([ab_bins(), [[1e4, 1e4]]]).astype(np.float32))
+        padded = jnp.asarray(np.concatenate([bins, [[1e4, 1e4]]]).astype(np.float32))
         centres = padded[candidates]  # (..., C, 2)
         d2 = jnp.square(ab[..., None, 0] - centres[..., 0]) + jnp.square(
             ab[..., None, 1] - centres[..., 1]
@@ -111,49 +161,56 @@ def soft_encode(ab: jnp.ndarray, k: int = 10, sigma: float = 5.0):
     return jax.lax.optimization_barrier((indices.astype(jnp.int32), weights))
 
 
-def soft_encode_dense(ab: jnp.ndarray, k: int = 10, sigma: float = 5.0) -> jnp.ndarray:
-    """The dense soft target, float32 (..., 313); for analysis and references, not the loss."""
-    indices, weights = soft_encode(ab, k=k, sigma=sigma)
-    one_hot = jax.nn.one_hot(indices, NUM_BINS, dtype=jnp.float32)  # (..., k, 313)
+def soft_encode_dense(
+    ab: jnp.ndarray, k: int = 10, sigma: float = 5.0, bins: np.ndarray | None = None
+) -> jnp.ndarray:
+    """The dense soft target, float32 (..., Q); for analysis and references, not the loss."""
+    indices, weights = soft_encode(ab, k=k, sigma=sigma, bins=bins)
+    one_hot = jax.nn.one_hot(indices, bin_array(bins).shape[0], dtype=jnp.float32)  # (..., k, Q)
     return jnp.einsum("...k,...kq->...q", weights, one_hot)
 
 
-def nearest_bin(ab: jnp.ndarray) -> jnp.ndarray:
+def nearest_bin(ab: jnp.ndarray, bins: np.ndarray | None = None) -> jnp.ndarray:
     """int32 (...,): the index of the nearest bin (the argmax of the soft target)."""
-    return jnp.argmin(_squared_distances(jnp.asarray(ab, jnp.float32), ab_bins()), axis=-1)
+    distances = _squared_distances(jnp.asarray(ab, jnp.float32), jnp.asarray(bin_array(bins)))
+    return jnp.argmin(distances, axis=-1)
 
 
-def is_bin_distribution(values: np.ndarray) -> bool:
-    """Whether ``values`` can be normalised into bin probabilities: (313,), finite, non-negative,
-    with a positive sum."""
+def is_bin_distribution(values: np.ndarray, num_bins: int = NUM_BINS) -> bool:
+    """Whether ``values`` can be normalised into bin probabilities: (num_bins,), finite,
+    non-negative, with a positive sum."""
     values = np.asarray(values)
     return bool(
-        values.shape == (NUM_BINS,)
+        values.shape == (num_bins,)
         and np.isfinite(values).all()
         and (values >= 0).all()
         and values.sum() > 0
     )
 
 
-def smooth_priors(counts: np.ndarray, sigma: float = 5.0) -> np.ndarray:
+def smooth_priors(
+    counts: np.ndarray, sigma: float = 5.0, bins: np.ndarray | None = None
+) -> np.ndarray:
     """Bin frequencies from counts, smoothed with a Gaussian over the ab plane (Zhang et al.).
 
     Args:
-      counts: (313,) non-negative pixel counts per bin.
+      counts: (Q,) non-negative pixel counts per bin.
       sigma: the smoothing Gaussian's width in ab units; 0 for no smoothing.
+      bins: (Q, 2) bin coordinates; None for Zhang's 313.
 
     Returns:
-      float64 (313,) summing to 1.
+      float64 (Q,) summing to 1.
     """
     counts = np.asarray(counts, np.float64)
-    if not is_bin_distribution(counts):
+    num_bins = bin_array(bins).shape[0]
+    if not is_bin_distribution(counts, num_bins):
         raise ValueError(
-            f"Bin counts must be {NUM_BINS} non-negative numbers with a positive sum; got shape "
+            f"Bin counts must be {num_bins} non-negative numbers with a positive sum; got shape "
             f"{counts.shape}, sum {counts.sum()}."
         )
     probs = counts / counts.sum()
     if sigma > 0:
-        bins = ab_bins().astype(np.float64)
+        bins = bin_array(bins).astype(np.float64)
         d2 = np.square(bins[:, None, :] - bins[None, :, :]).sum(-1)
         kernel = np.exp(-d2 / (2.0 * sigma**2))
         probs = kernel @ probs / kernel.sum(1)  # each bin: the Gaussian-weighted mean around it
@@ -161,24 +218,29 @@ def smooth_priors(counts: np.ndarray, sigma: float = 5.0) -> np.ndarray:
     return probs
 
 
-def rebalance_weights(priors: np.ndarray, gamma: float = 0.5, alpha: float = 1.0) -> np.ndarray:
+def rebalance_weights(
+    priors: np.ndarray, gamma: float = 0.5, alpha: float = 1.0, num_bins: int = NUM_BINS
+) -> np.ndarray:
     """Zhang et al.'s class-rebalancing weight per bin.
 
     w = ((1 - gamma) * prior + gamma / Q)^-alpha, renormalised so that sum(prior * w) = 1, i.e.
     the expected weight of a pixel drawn from the priors is 1.
 
+    Args:
+      priors: (Q,) bin frequencies, Q = ``num_bins`` (313 for Zhang's bins).
+
     Returns:
-      float32 (313,).
+      float32 (Q,).
     """
     priors = np.asarray(priors, np.float64)
-    if not is_bin_distribution(priors):
+    if not is_bin_distribution(priors, num_bins):
         raise ValueError(
-            f"priors must be {NUM_BINS} finite non-negative numbers with a positive sum, got "
+            f"priors must be {num_bins} finite non-negative numbers with a positive sum, got "
             f"shape {priors.shape}, sum {priors.sum()}; "
             "estimate them with `python -m ssl_jax.colorization priors`."
         )
     priors = priors / priors.sum()
-    weights = ((1.0 - gamma) * priors + gamma / NUM_BINS) ** -alpha
+    weights = ((1.0 - gamma) * priors + gamma / num_bins) ** -alpha
     return (weights / np.sum(priors * weights)).astype(np.float32)
 
 
@@ -186,7 +248,7 @@ def soft_cross_entropy(logits: jnp.ndarray, indices: jnp.ndarray, weights: jnp.n
     """Per-pixel cross-entropy against sparse soft targets, and whether the nearest bin wins.
 
     Args:
-      logits: float (..., 313).
+      logits: float (..., Q).
       indices, weights: (..., k) from ``soft_encode``, nearest bin first.
 
     Returns:
@@ -198,7 +260,7 @@ def soft_cross_entropy(logits: jnp.ndarray, indices: jnp.ndarray, weights: jnp.n
     log_norm = top + jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1))
     # One gather of K values per pixel, from the logits themselves (gathering from logits - max
     # makes XLA write that array out); no argmax (a variadic reduce, slow on XLA:CPU). Indices
-    # are clamped to [0, 313), not NaN-filled out of range: the bounds test and select of the
+    # are clamped to [0, Q), not NaN-filled out of range: the bounds test and select of the
     # default mode made the gather 4x slower on XLA:CPU beside soft_encode in one program.
     picked = jnp.take_along_axis(logits, indices, axis=-1, mode="clip")  # (..., k)
     ce = log_norm - jnp.sum(weights * picked, axis=-1)
@@ -215,7 +277,7 @@ def colorization_loss(
     """Per-pixel multinomial cross-entropy against sparse soft targets, averaged.
 
     Args:
-      logits: float (..., 313).
+      logits: float (..., Q).
       indices, weights: (..., k) from ``soft_encode``.
       pixel_weights: float (...) rebalancing weight per pixel, or None for 1.
       mask: (...) bool or 0/1, pixels that count (grayscale images are masked out), or None.

@@ -10,41 +10,49 @@ import numpy as np
 from PIL import Image
 
 from ssl_jax import paths
-from ssl_jax.colorization.bins import ab_bins
+from ssl_jax.colorization.encode import bin_array
 from ssl_jax.colorization.lab import lab_to_rgb
 
 ZHANG_TEMPERATURE = 0.38
 
 
-def annealed_mean(logits: jnp.ndarray, temperature: float = ZHANG_TEMPERATURE) -> jnp.ndarray:
+def annealed_mean(
+    logits: jnp.ndarray, temperature: float = ZHANG_TEMPERATURE, bins: np.ndarray | None = None
+) -> jnp.ndarray:
     """Zhang et al.'s point estimate: the mean of the distribution sharpened by 1 / temperature.
 
     Re-normalising p^(1/T) is softmax(logits / T); T = 1 is the mean, T -> 0 the mode.
 
     Args:
-      logits: float (..., 313).
+      logits: float (..., Q).
+      bins: (Q, 2) the bins' ab coordinates; None for Zhang's 313.
 
     Returns:
       float32 (..., 2): a and b.
     """
     probs = jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-    return jnp.einsum("...q,qc->...c", probs, jnp.asarray(ab_bins()), precision="highest")
+    centres = jnp.asarray(bin_array(bins))
+    return jnp.einsum("...q,qc->...c", probs, centres, precision="highest")
 
 
 def colorize(
-    lightness: jnp.ndarray, logits: jnp.ndarray, temperature: float = ZHANG_TEMPERATURE
+    lightness: jnp.ndarray,
+    logits: jnp.ndarray,
+    temperature: float = ZHANG_TEMPERATURE,
+    bins: np.ndarray | None = None,
 ) -> jnp.ndarray:
     """Colour images from the input lightness and the predicted bins.
 
     Args:
       lightness: float (B, H, W), L in [0, 100].
-      logits: float (B, h, w, 313), the network's output on its (coarser) target grid.
+      logits: float (B, h, w, Q), the network's output on its (coarser) target grid.
+      bins: (Q, 2) the bins' ab coordinates; None for Zhang's 313.
 
     Returns:
       float32 (B, H, W, 3) sRGB in [0, 1]: the predicted ab, bilinearly upsampled to H x W, with
       the input's own L.
     """
-    ab = annealed_mean(logits, temperature)
+    ab = annealed_mean(logits, temperature, bins)
     batch, height, width = lightness.shape
     ab = jax.image.resize(ab, (batch, height, width, 2), method="bilinear")
     return lab_to_rgb(jnp.concatenate([lightness[..., None], ab], axis=-1))
