@@ -171,22 +171,32 @@ def runlocal_schedule(
     linear.runlocal(c.evals.linear)
 
 
-def colorization(k: int = 10) -> ml_collections.ConfigDict:
-    """The Colorization fields (PROTOCOLS.md): soft encoding, rebalancing, targets, pictures."""
+def colorization(k: int = 10, bin_size: int = 10) -> ml_collections.ConfigDict:
+    """The Colorization fields (PROTOCOLS.md): Lab, bins, soft encoding, rebalancing, targets."""
     c = ml_collections.ConfigDict()
-    c.k = k  # nearest bins per pixel in the soft target: the problem-complexity axis (1 ... 313)
+    c.k = k  # nearest bins per pixel in the soft target: the problem-complexity axis (1 ... Q)
+    # ab bins: 10 is Zhang's 313 gamut bins; 5, 15, 20 are FAIR's bins found in the pretraining
+    # data (the occupied cells of a histogram over arange(-128, 128, bin_size), listed by their
+    # lower edges), estimated at the start of the run and stored in the workdir.
+    c.bin_size = bin_size
     c.sigma = 5.0  # Gaussian width of the soft encoding, ab units
     c.rebalance = True  # weight pixels by the rarity of their nearest bin (Zhang et al.)
     c.rebalance_gamma = 0.5  # mix of priors and uniform
     c.rebalance_alpha = 1.0  # exponent
-    # Bin priors: a .npy of 313 probabilities; empty estimates them from prior_images images of
-    # the pretraining data at the start of the run and stores them in the workdir.
+    # Bin priors: a .npy of 313 probabilities (bin_size 10 only); empty estimates them from
+    # prior_images images of the pretraining data at the start of the run and stores them in the
+    # workdir (for data bins, with the bins: FAIR's unsmoothed frequencies of whole images
+    # resized to 256 x 256).
     c.priors_file = ""
     c.prior_images = 10_000
-    c.prior_smoothing = 5.0  # Gaussian smoothing of the empirical priors, ab units (Zhang: 5)
+    c.prior_smoothing = 5.0  # Gaussian smoothing of the priors of Zhang's bins, ab units (Zhang: 5)
     c.gray_threshold = 5.0  # images with no |a| or |b| above this are left out of the loss
     c.target_stride = 4  # target grid at 1/4 of the crop (56x56 for 224), Zhang's resolution
-    c.quantize = True  # round Lab to OpenCV's 8-bit values, as the paper's pipeline
+    # Lab of the 8-bit crops: "opencv" gives OpenCV's 8-bit codes exactly (the paper's pipeline:
+    # cv2.cvtColor(bgr, COLOR_BGR2LAB)); "float" the CIE formulas in float32, rounded to 8-bit
+    # codes when quantize (a code off on about a quarter of the colours), else left unrounded.
+    c.lab = "opencv"
+    c.quantize = True  # "float" only: round to 8-bit codes; "opencv" always is 8-bit
     return c
 
 

@@ -86,7 +86,7 @@ def load_weights(config: ml_collections.ConfigDict) -> tuple[Pretext, Weights]:
     (seed ``config.seed``)."""
     if config.random_init:
         run_config = state_lib.load_run_config(config.pretrained)
-        task = tasks.create(run_config, check_values=False)
+        task = tasks.create(run_config, check_values=False, workdir=config.pretrained)
         rng = jax.random.PRNGKey(config.seed)
         variables = task.model.init(rng, task.example_inputs, train=False)
         description = f"random init (seed {config.seed}) of the trunk of {config.pretrained}"

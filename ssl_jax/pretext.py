@@ -32,7 +32,8 @@ class Pretext(Protocol):
     checks and raises ``config_lib.ConfigError``):
       config: the pretraining config.
       model: ``apply(variables, inputs, train=...) -> (outputs, taps)``; its trunk is the
-        submodule named "trunk" (what the benchmarks evaluate).
+        submodule named "trunk" (what the benchmarks evaluate). A task whose model depends on
+        its data (Colorization's data bins) has it only after ``fit`` or ``restore``.
       example_inputs: a small NumPy batch of inputs (shapes and dtypes) to initialise the model
         with (NumPy, so that building a task touches no device).
       rows_per_image: trunk rows per image of a batch (Jigsaw: its 9 tiles; others 1), which the
@@ -47,9 +48,14 @@ class Pretext(Protocol):
 
     Methods:
       check_source(source): refuses pretraining data the task cannot use (e.g. no labels).
-      fit(workdir): the task's data-derived state (Colorization's ab-bin priors), read from the
-        workdir or estimated from the pretraining data and stored there; the explicit step the
-        trainer takes before ``prepare``. A no-op for tasks that derive nothing.
+      fit(workdir): the task's data-derived state (Colorization's ab-bin priors, and its bins for
+        bin sizes other than 10), read from the workdir or estimated from the pretraining data
+        and stored there; the explicit step the trainer takes before ``prepare`` and before it
+        builds the state from ``model``. A no-op for tasks that derive nothing.
+      restore(workdir): what a run stored in its workdir that shapes ``model`` (Colorization's
+        data bins: one logit per bin), read back without reading any data; ``tasks.create``
+        calls it when given the run's workdir (evaluations of a checkpoint). A no-op for tasks
+        whose model the config alone decides.
       prepare(rng, batch) -> (inputs, targets): runs on device inside the jitted step; ``batch``
         holds the pipeline's arrays (``image`` uint8 (B, H, W, 3), ``label`` int32 (B,)).
       loss(outputs, targets) -> (scalar loss, dict of scalar metrics).
@@ -71,6 +77,8 @@ class Pretext(Protocol):
     def check_source(self, source: Any) -> None: ...
 
     def fit(self, workdir: str | None) -> None: ...
+
+    def restore(self, workdir: str) -> None: ...
 
     def prepare(self, rng: jax.Array, batch: dict[str, jax.Array]) -> tuple[Any, Any]: ...
 

@@ -2,6 +2,7 @@
 
     task = tasks.create(config)   # validated; a ``ssl_jax.pretext.Pretext``
     task.fit(workdir)             # before training: its data-derived state (priors, permutations)
+    task = tasks.create(run_config, check_values=False, workdir=W)  # a run's task, for evaluation
 
 Adding a task: a module with a class that satisfies ``ssl_jax.pretext.Pretext``, one line in
 ``TASKS``, and a config file (README, "Adding a pretext task").
@@ -29,12 +30,15 @@ def task_class(name: str) -> type:
     return TASKS[name]
 
 
-def create(config: ml_collections.ConfigDict, *, check_values: bool = True) -> Pretext:
+def create(
+    config: ml_collections.ConfigDict, *, check_values: bool = True, workdir: str | None = None
+) -> Pretext:
     """The task of a pretraining config, after every config check (shared and the task's own).
 
     ``check_values=False`` skips the value checks of the schemas (a finished run's config read
     back for evaluation: what mattered for its training no longer does); the task's own checks
-    of what it builds still run.
+    of what it builds still run. ``workdir``: the run's workdir, from which the task reads back
+    what shapes its model (``task.restore``: Colorization's data bins); reads no data.
 
     Raises:
       config_lib.ConfigError: before anything is compiled or read.
@@ -44,6 +48,8 @@ def create(config: ml_collections.ConfigDict, *, check_values: bool = True) -> P
         config_lib.validate(config, extra=cls.schema)
     task = cls(config)
     check_trunk_input(config, task)
+    if workdir is not None:
+        task.restore(workdir)
     return task
 
 

@@ -109,15 +109,17 @@ def test_arguments_and_errors():
 def test_lab_targets_match_skimage_block_means():
     skcolor = pytest.importorskip("skimage.color")
     image = np.stack([photo(64, 0), photo(64, 1)])
-    lightness, ab_grid, ab_max = col_task.lab_targets(jnp.asarray(image), 4, quantize=False)
+    lightness, ab_grid, ab_max = col_task.lab_targets(
+        jnp.asarray(image), 4, lab="float", quantize=False
+    )
     lab = skcolor.rgb2lab(image)
     assert lightness.shape == (2, 64, 64, 1) and ab_grid.shape == (2, 16, 16, 2)
     np.testing.assert_allclose(lightness[..., 0], lab[..., 0] - 50, atol=1e-3)
     blocks = lab[..., 1:].reshape(2, 16, 4, 16, 4, 2).mean(axis=(2, 4))
     np.testing.assert_allclose(ab_grid, blocks, atol=1e-3)
     np.testing.assert_allclose(ab_max, np.abs(lab[..., 1:]).max(axis=(1, 2, 3)), atol=1e-3)
-    # Quantised: L on OpenCV's 8-bit levels, a and b integers.
-    lightness_q, ab_q, _ = col_task.lab_targets(jnp.asarray(image), 1, quantize=True)
+    # OpenCV's 8-bit Lab (the default): L on its 8-bit levels, a and b integers.
+    lightness_q, ab_q, _ = col_task.lab_targets(jnp.asarray(image), 1)
     levels = (np.asarray(lightness_q) + 50) * 255 / 100
     np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
     np.testing.assert_array_equal(ab_q, np.round(ab_q))
@@ -173,6 +175,7 @@ def _built_targets(sigma, k, quantize, images):
             ("colorization.k", str(k)),
             ("colorization.sigma", str(sigma)),
             ("colorization.rebalance", "false"),
+            ("colorization.lab", "opencv" if quantize else "float"),
             ("colorization.quantize", str(quantize).lower()),
         ],
     )
@@ -194,15 +197,15 @@ def test_built_task_targets_use_config_sigma_and_k(
 ):
     """Every target pixel holds its K nearest of Zhang's 313 bins (pts_in_hull.npy), weighted
     exp(-d^2 / (2 sigma^2)) / sum, with config.colorization's sigma and K, computed here in
-    float64 from ab of the crop: scikit-image Lab averaged over 4 x 4 blocks (unquantised), or
-    the task's own 8-bit ab grid (quantised)."""
+    float64 from ab of the crop: scikit-image Lab averaged over 4 x 4 blocks (the float path,
+    unquantised), or the task's own 8-bit ab grid (OpenCV's 8-bit Lab)."""
     bins = np.load(os.path.join(reference_dir, "pts_in_hull.npy")).astype(np.float64)
     images = target_photos
     targets = _built_targets(sigma, k, quantize, images)
     indices, weights = targets["indices"], targets["weights"].astype(np.float64)
     assert indices.shape == (2, 12, 12, k) and weights.shape == (2, 12, 12, k)
     if quantize:
-        _, ab, _ = col_task.lab_targets(jnp.asarray(images), 4, quantize=True)
+        _, ab, _ = col_task.lab_targets(jnp.asarray(images), 4)
         ab = np.asarray(ab, np.float64)
         # ... and then exactly soft_encode at the config's sigma and K.
         ref_indices, ref_weights = soft_encode(jnp.asarray(ab, jnp.float32), k=k, sigma=sigma)
@@ -298,7 +301,7 @@ def test_priors_from_the_data(demo_priors):
             c.data, c.input, local_batch_size=64, seed=c.seed, process_index=0, process_count=1
         )
     )
-    _, ab_grid, _ = col_task.lab_targets(jnp.asarray(batch["image"]), 4, True)
+    _, ab_grid, _ = col_task.lab_targets(jnp.asarray(batch["image"]), 4)
     d = ((np.asarray(ab_grid)[..., None, :] - ab_bins()) ** 2).sum(-1)
     expected = np.bincount(d.argmin(-1).ravel(), minlength=NUM_BINS)
     np.testing.assert_array_equal(counts, expected)
@@ -387,10 +390,11 @@ def test_picture_of_perfect_logits_is_the_image():
     """The prediction helper inverts the encoding: logits peaked on each pixel's true bin give
     back (nearly) the image, at the target grid's resolution."""
     from ssl_jax.colorization import predict
+    from ssl_jax.colorization.lab import rgb_to_lab
 
     image = photo(64, 4)
-    lab = np.asarray(col_task.rgb_to_lab(image))
-    _, ab_grid, _ = col_task.lab_targets(jnp.asarray(image[None]), 1, quantize=False)
+    lab = np.asarray(rgb_to_lab(image))
+    _, ab_grid, _ = col_task.lab_targets(jnp.asarray(image[None]), 1, lab="float", quantize=False)
     indices, weights = soft_encode(ab_grid, k=313, sigma=5.0)
     dense = np.zeros((1, 64, 64, NUM_BINS), np.float32)
     np.put_along_axis(dense, np.asarray(indices), np.asarray(weights), -1)

@@ -12,6 +12,8 @@ ResNet-18 at 1/8 width with res5 at stride 1 (or the AlexNet colorization varian
 Arguments (after a colon, comma-separated):
   data=PATH        image folder (default ../shared/data/cifar10/train beside the repository).
   k=N              soft-encoding neighbours K (problem complexity).
+  bins=N           ab bin size: 10 (Zhang's 313 bins) or 5, 15, 20 (FAIR's bins found in the
+                   2048 prior images, resized to 256 x 256, at the start of the run).
   model=r18|alexnet, width=W   the trunk (capacity; width 0: the recipe's, 1/8 for both
                    trunks).
 """
@@ -25,17 +27,18 @@ CIFAR10_TRAIN = os.path.join(CIFAR10, "train")
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, data=CIFAR10_TRAIN, k=10, model="r18", width=0.0)
+    arg = config_lib.parse_arg(arg, data=CIFAR10_TRAIN, k=10, bins=10, model="r18", width=0.0)
     if arg.model == "r18":
         c = config_lib.load_config(
             os.path.join(REPO_ROOT, "configs", "colorize_r50.py")
-            + f":runlocal,folder={arg.data},depth=18,width={arg.width or 0.125},k={arg.k}"
+            + f":runlocal,folder={arg.data},depth=18,width={arg.width or 0.125},k={arg.k},"
+            f"bins={arg.bins}"
         )
         c.input.resize_short, c.input.crop = 72, 64
     elif arg.model == "alexnet":
         c = config_lib.load_config(
             os.path.join(REPO_ROOT, "configs", "colorize_alexnet.py")
-            + f":runlocal,folder={arg.data},k={arg.k}"
+            + f":runlocal,folder={arg.data},k={arg.k},bins={arg.bins}"
         )
         c.model.width = arg.width or 0.125
     else:

@@ -6,6 +6,9 @@ python -m ssl_jax.colorization priors --config=configs/colorize_r50.py[:arg] --o
   N colour images, smoothed as config.colorization.prior_smoothing) and writes PRIORS.npy with a
   summary beside it (PRIORS.json). Pass it to a run with --config.colorization.priors_file;
   without one, a run estimates its own at start-up and stores them in its workdir.
+  With config.colorization.bin_size 5, 15 or 20 (``:bins=N``): FAIR's data bins of N images
+  (ssl_jax.colorization.data_bins) and their priors, written as PRIORS.npy, PRIORS_bins.npy and
+  PRIORS.json, for inspection (a run estimates and stores its own).
 
 python -m ssl_jax.colorization show --workdir=W [--step=S] [--out=FILE.png] [--num=8]
     [--temperature=0.38]
@@ -24,8 +27,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from ssl_jax import config_lib, paths, tasks  # noqa: E402
-from ssl_jax.colorization import picture, predict  # noqa: E402
+from ssl_jax.colorization import data_bins, picture, predict  # noqa: E402
 from ssl_jax.colorization import task as task_lib  # noqa: E402
+from ssl_jax.colorization.bins import ZHANG_BIN_SIZE  # noqa: E402
 from ssl_jax.train import state as state_lib  # noqa: E402
 
 
@@ -38,6 +42,16 @@ def _priors(args, overrides) -> int:
             f"{args.config} is a config.task={config.task!r} config; priors need a "
             "colorization config, e.g. configs/colorize_r50.py."
         )
+    if task_lib.bin_size(config.colorization) != ZHANG_BIN_SIZE:
+        bins, priors, summary = data_bins.estimate(config, args.images)
+        task_lib.save_priors(args.out, priors, summary)
+        bins_path = os.path.splitext(args.out)[0] + "_bins.npy"
+        paths.save_npy(bins_path, bins)
+        print(
+            f"Wrote {args.out} and {bins_path}: {summary['bins']} bins of size "
+            f"{summary['bin_size']} found in {summary['images']} images, and their priors."
+        )
+        return 0
     priors, summary = task_lib.estimate_priors(config, args.images)
     task_lib.save_priors(args.out, priors, summary)
     print(

@@ -20,8 +20,7 @@ import numpy as np
 
 from ssl_jax import config_lib, paths
 from ssl_jax.colorization import predict
-from ssl_jax.colorization.lab import rgb_to_lab
-from ssl_jax.colorization.task import Colorization, lab_targets
+from ssl_jax.colorization.task import Colorization, lab_conversion, lab_targets
 from ssl_jax.evals import base
 from ssl_jax.pretext import Pretext
 
@@ -53,19 +52,34 @@ def sample_images(config: ml_collections.ConfigDict, num: int) -> np.ndarray:
     return next(batches)["image"]
 
 
-def make_picture(model: nn.Module, col: ml_collections.ConfigDict, temperature: float):
-    """(variables, images uint8 (B, H, W, 3)) -> rows of (grayscale, prediction, truth)."""
+def make_picture(
+    model: nn.Module,
+    col: ml_collections.ConfigDict,
+    temperature: float,
+    bins: np.ndarray | None = None,
+):
+    """(variables, images uint8 (B, H, W, 3)) -> rows of (grayscale, prediction, truth).
+
+    The grayscale column and the network's input are the images' L as the task converts them
+    (``col.lab``); ``bins`` (Q, 2) are the model's bins (None: Zhang's 313)."""
+    conversion = lab_conversion(col)
 
     @jax.jit
     def colour(variables, image):
-        lightness, _, _ = lab_targets(image, col.target_stride, col.quantize)
+        lightness, _, _ = lab_targets(image, col.target_stride, conversion, col.quantize)
         logits, _ = model.apply(variables, lightness, train=False)
-        return predict.colorize(lightness[..., 0] + 50.0, logits, temperature)
+        return predict.colorize(lightness[..., 0] + 50.0, logits, temperature, bins)
+
+    @jax.jit
+    def gray(image):
+        lightness, _, _ = lab_targets(image, 1, conversion, col.quantize)
+        ab = jnp.zeros(lightness.shape[:-1] + (2,), jnp.float32)
+        return predict.lab_to_rgb(jnp.concatenate([lightness + 50.0, ab], axis=-1))
 
     def picture(variables, images):
-        gray = np.asarray(predict.lab_to_rgb(rgb_to_lab(images) * jnp.array([1.0, 0.0, 0.0])))
+        grays = np.asarray(gray(images))
         predicted = np.asarray(colour(variables, images))
-        return [(gray[i], predicted[i], images[i]) for i in range(images.shape[0])]
+        return [(grays[i], predicted[i], images[i]) for i in range(images.shape[0])]
 
     return picture
 
@@ -84,11 +98,15 @@ class Picture:
         if not config.temperature > 0:
             raise config_lib.ConfigError(f"config.temperature={config.temperature} must be > 0.")
         self.config, self.task = config, task
-        self._picture = make_picture(task.model, task.config.colorization, config.temperature)
+        self._picture = None  # built at the first draw: data bins are known after the task's fit
         self._images = None
 
     def draw(self, variables: dict) -> list[tuple[np.ndarray, ...]]:
         """Rows of (grayscale, prediction, truth) for the fixed crops of the run's data."""
+        if self._picture is None:
+            task = self.task
+            col = task.config.colorization
+            self._picture = make_picture(task.model, col, self.config.temperature, task.bins)
         if self._images is None:
             self._images = sample_images(self.task.config, self.config.images)
         # Host copies: a jitted call on global arrays from one process alone would wait for the

@@ -1,11 +1,17 @@
 """The Colorization pretext task: predict the quantised ab colour of every pixel from L.
 
-Network input: the L channel, L - 50 (about [-50, 50]), at the crop's full resolution; with
-``colorization.quantize`` (default) L, a and b are first rounded to the values of OpenCV's 8-bit
-Lab, as in the paper's pipeline.
+Network input: the L channel, L - 50 (about [-50, 50]), at the crop's full resolution. Lab is
+OpenCV's 8-bit conversion exactly (``colorization.lab="opencv"``, the paper's pipeline: the input
+is code * 100 / 255 - 50, the targets a, b = code - 128), or the float conversion ("float",
+rounded to 8-bit codes with ``colorization.quantize``).
+
+Bins (``colorization.bin_size``): 10 is Zhang's 313 gamut bins; 5, 15 and 20 are FAIR's bins
+found in the pretraining data (``ssl_jax.colorization.data_bins``), estimated by ``fit`` before
+the model is built (their number Q sizes the head) and stored in the workdir, from which
+``restore`` reads them for evaluations.
 
 Head (our choice; the paper's is not public): a 1x1 conv from the trunk's last map (ResNet res5 at
-1/16 with ``res5_stride=1``; AlexNet conv5 at about 1/17) to 313 logits, bilinearly upsampled to
+1/16 with ``res5_stride=1``; AlexNet conv5 at about 1/17) to Q logits, bilinearly upsampled to
 the target grid at 1/``target_stride`` of the input (1/4: 56x56 for a 224 crop, Zhang et al.'s
 output resolution). Targets: ab averaged over each stride x stride block of the crop, soft-encoded
 over the K nearest bins. Loss: per-pixel cross-entropy against the soft target, weighted by the
@@ -27,17 +33,21 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from ssl_jax import config_lib, paths
-from ssl_jax.colorization import encode
-from ssl_jax.colorization.bins import NUM_BINS
-from ssl_jax.colorization.lab import quantize_8bit, rgb_to_lab
+from ssl_jax.colorization import bins as bins_lib
+from ssl_jax.colorization import data_bins, encode
+from ssl_jax.colorization.bins import BIN_SIZES, NUM_BINS, ZHANG_BIN_SIZE, ab_bins
+from ssl_jax.colorization.lab import LAB_CONVERSIONS, image_lab
 from ssl_jax.models import make_trunk
 from ssl_jax.pretext import compute_dtype
 
 PRIORS_FILE = "colorization_priors.npy"
+BINS_FILE = "colorization_bins.npy"  # data bins (bin_size 5, 15, 20), beside their priors
 _FEATURE_TAP = {"resnet": "res5", "alexnet": "conv5"}
 
 SCHEMA = {
-    "colorization.k": config_lib.in_range(1, NUM_BINS, integer=True),
+    "colorization.k": config_lib.positive(integer=True),
+    "colorization.bin_size": config_lib.one_of(*BIN_SIZES),
+    "colorization.lab": config_lib.one_of(*LAB_CONVERSIONS),
     "colorization.sigma": config_lib.positive(),
     "colorization.rebalance": config_lib.one_of(True, False),
     "colorization.rebalance_gamma": config_lib.in_range(0, 1),
@@ -50,10 +60,20 @@ SCHEMA = {
 }
 
 
+def lab_conversion(col: ml_collections.ConfigDict) -> str:
+    """config.colorization.lab; configs written before the field existed used "float"."""
+    return col.get("lab", "float")
+
+
+def bin_size(col: ml_collections.ConfigDict) -> int:
+    """config.colorization.bin_size; configs written before the field existed used Zhang's."""
+    return int(col.get("bin_size", ZHANG_BIN_SIZE))
+
+
 class ColorizationNet(nn.Module):
     """Trunk on the L channel + 1x1 conv to bin logits, upsampled to the target grid.
 
-    Input: float (B, H, W, 1). Output: float32 logits (B, H // stride, W // stride, 313) and the
+    Input: float (B, H, W, 1). Output: float32 logits (B, H // stride, W // stride, Q) and the
     trunk's taps.
     """
 
@@ -75,20 +95,20 @@ class ColorizationNet(nn.Module):
         return logits.astype(jnp.float32), taps
 
 
-def lab_targets(image: jax.Array, stride: int, quantize: bool = True):
+def lab_targets(image: jax.Array, stride: int, lab: str = "opencv", quantize: bool = True):
     """Network input and target-grid ab from uint8 RGB crops, on device.
 
     Args:
       image: uint8 (B, H, W, 3).
+      lab, quantize: the conversion (``ssl_jax.colorization.lab.image_lab``): "opencv" (OpenCV's
+        8-bit codes) or "float" (rounded to 8-bit codes if ``quantize``).
 
     Returns:
-      lightness: float32 (B, H, W, 1), L - 50.
+      lightness: float32 (B, H, W, 1), L - 50 (code * 100 / 255 - 50 for 8-bit Lab).
       ab_grid: float32 (B, H // stride, W // stride, 2), ab averaged over stride x stride blocks.
       ab_max: float32 (B,), the largest |a| or |b| of the image at full resolution.
     """
-    lab = rgb_to_lab(image)
-    if quantize:
-        lab = quantize_8bit(lab)
+    lab = image_lab(image, lab, quantize)
     batch, height, width = image.shape[:3]
     h, w = height // stride, width // stride
     ab = lab[:, : h * stride, : w * stride, 1:]
@@ -97,13 +117,21 @@ def lab_targets(image: jax.Array, stride: int, quantize: bool = True):
     return lab[..., :1] - 50.0, ab_grid, ab_max
 
 
-def make_prepare(col: ml_collections.ConfigDict, class_weights: np.ndarray | None) -> Callable:
+def make_prepare(
+    col: ml_collections.ConfigDict,
+    class_weights: np.ndarray | None,
+    bins: np.ndarray | None = None,
+) -> Callable:
+    """(rng, batch) -> (network input, sparse targets); ``bins`` (Q, 2), None for Zhang's."""
     weights_table = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+    conversion = lab_conversion(col)
 
     def prepare(rng, batch):
         del rng  # the targets are a function of the crop alone
-        lightness, ab_grid, ab_max = lab_targets(batch["image"], col.target_stride, col.quantize)
-        indices, weights = encode.soft_encode(ab_grid, k=col.k, sigma=col.sigma)
+        lightness, ab_grid, ab_max = lab_targets(
+            batch["image"], col.target_stride, conversion, col.quantize
+        )
+        indices, weights = encode.soft_encode(ab_grid, k=col.k, sigma=col.sigma, bins=bins)
         colour = ab_max > col.gray_threshold
         targets = {
             "indices": indices,
@@ -130,7 +158,7 @@ def loss(logits: jax.Array, targets: dict[str, jax.Array]):
 
 
 # ---------------------------------------------------------------------------------------------
-# Priors of the ab bins, estimated from the pretraining data and stored with the run.
+# Priors of Zhang's ab bins, estimated from the pretraining data and stored with the run.
 
 
 def count_bins(config: ml_collections.ConfigDict, num_images: int, batch_size: int = 64):
@@ -158,9 +186,11 @@ def count_bins(config: ml_collections.ConfigDict, num_images: int, batch_size: i
         source=source,
     )
 
+    conversion = lab_conversion(col)
+
     @jax.jit
     def histogram(image, valid):
-        _, ab_grid, ab_max = lab_targets(image, col.target_stride, col.quantize)
+        _, ab_grid, ab_max = lab_targets(image, col.target_stride, conversion, col.quantize)
         colour = (ab_max > col.gray_threshold) & valid
         nearest = encode.nearest_bin(ab_grid)
         pixel = jnp.broadcast_to(colour[:, None, None], nearest.shape).astype(jnp.float32)
@@ -211,11 +241,11 @@ def save_priors(path: str, priors: np.ndarray, summary: dict) -> None:
     paths.write_json(os.path.splitext(path)[0] + ".json", summary)
 
 
-def load_priors(path: str) -> np.ndarray:
+def load_priors(path: str, num_bins: int = NUM_BINS) -> np.ndarray:
     priors = paths.load_npy(path)
-    if not encode.is_bin_distribution(priors):
+    if not encode.is_bin_distribution(priors, num_bins):
         raise config_lib.ConfigError(
-            f"{path} does not hold {NUM_BINS} finite non-negative priors with a positive sum "
+            f"{path} does not hold {num_bins} finite non-negative priors with a positive sum "
             f"(shape {priors.shape}); "
             "make it with `python -m ssl_jax.colorization priors`."
         )
@@ -245,6 +275,34 @@ def run_priors(config: ml_collections.ConfigDict, workdir: str | None) -> np.nda
     return priors
 
 
+def run_data_bins(config: ml_collections.ConfigDict, workdir: str | None):
+    """The data bins and priors of a run (bin_size 5, 15, 20): the ones stored in the workdir
+    (``colorization_bins.npy``, ``colorization_priors.npy``), else estimated from the pretraining
+    data now (``data_bins.estimate``) and stored there.
+
+    Returns:
+      (bins float32 (Q, 2), priors float64 (Q,)).
+    """
+    size = bin_size(config.colorization)
+    stored = paths.join(workdir, BINS_FILE) if workdir else None
+    if stored and paths.isfile(stored):
+        bins = data_bins.load_bins(stored, size)
+        return bins, load_priors(paths.join(workdir, PRIORS_FILE), bins.shape[0])
+    logging.info(
+        "Estimating the ab bins of size %d and their priors from %d pretraining images",
+        size,
+        config.colorization.prior_images,
+    )
+    bins, priors, summary = data_bins.estimate(config)
+    logging.info(
+        "%d bins from %d images (%d pixels)", bins.shape[0], summary["images"], summary["pixels"]
+    )
+    if stored and jax.process_index() == 0:
+        save_priors(paths.join(workdir, PRIORS_FILE), priors, summary)
+        paths.save_npy(stored, bins)  # last: its presence means both files are complete
+    return bins, priors
+
+
 class Colorization:
     """The Colorization task (``ssl_jax.pretext.Pretext``): L in, soft-encoded ab bins out."""
 
@@ -264,19 +322,40 @@ class Colorization:
                 f"config.model.alexnet_variant={config.model.alexnet_variant!r}: Colorization "
                 "trains the 'colorization' AlexNet (conv1 stride 4, BN after every conv)."
             )
+        size = bin_size(col)
+        if lab_conversion(col) == "opencv" and not col.quantize:
+            raise config_lib.ConfigError(
+                "config.colorization.quantize=False keeps float Lab, which needs "
+                "config.colorization.lab='float'; OpenCV's 8-bit Lab is 8-bit codes."
+            )
+        most = NUM_BINS if size == ZHANG_BIN_SIZE else bins_lib.grid_cells(size)
+        if col.k > most:
+            which = (
+                "Zhang's 313 bins"
+                if size == ZHANG_BIN_SIZE
+                else f"at most {most} bins (the cells of its histogram; the data decides how many)"
+            )
+            raise config_lib.ConfigError(
+                f"config.colorization.k={col.k} is more neighbours than there are ab bins: "
+                f"config.colorization.bin_size={size} has {which}. Lower config.colorization.k."
+            )
+        if col.priors_file and size != ZHANG_BIN_SIZE:
+            raise config_lib.ConfigError(
+                f"config.colorization.priors_file={col.priors_file!r} holds priors of Zhang's "
+                f"313 bins (bin_size 10); with config.colorization.bin_size={size} the run "
+                "estimates its bins and their priors from the data. Leave priors_file empty."
+            )
         if col.priors_file and not paths.isfile(col.priors_file):
             raise config_lib.ConfigError(
                 f"config.colorization.priors_file={col.priors_file!r} does not exist; make one "
                 "with `python -m ssl_jax.colorization priors --config=... --out=FILE`, or leave it "
                 "empty to estimate the priors from the pretraining data."
             )
-        dtype = compute_dtype(config.model.dtype)
-        self.model = ColorizationNet(
-            trunk=make_trunk(config.model, dtype),
-            feature_tap=_FEATURE_TAP[config.model.name],
-            target_stride=col.target_stride,
-            dtype=dtype,
-        )
+        self.bin_size = size
+        self.bins = None  # float32 (Q, 2); the data bins are known after fit() or restore()
+        self._model = None
+        if size == ZHANG_BIN_SIZE:
+            self._use_bins(ab_bins())
         crop = config.input.crop
         self.example_inputs = np.zeros((2, crop, crop, 1), np.float32)
         self.rows_per_image = 1
@@ -284,32 +363,83 @@ class Colorization:
         self.input_channels = 1
         self.linear_augment = "resize_crop"
         self.linear_bn_scale_shift = config.model.name == "resnet"
-        self.class_weights = None  # (313,) rebalancing weights, set by fit() when rebalancing
+        self.class_weights = None  # (Q,) rebalancing weights, set by fit() when rebalancing
         self._fitted = False
+
+    @property
+    def model(self) -> ColorizationNet:
+        if self._model is None:
+            raise RuntimeError(
+                f"The Colorization model's head has one logit per ab bin, and the bins of "
+                f"config.colorization.bin_size={self.bin_size} come from the data: call "
+                "fit(workdir) (pretraining) or restore(workdir) (a run's workdir) first."
+            )
+        return self._model
+
+    def _use_bins(self, bins: np.ndarray) -> None:
+        """Sets the bins and builds the model with one logit per bin."""
+        k = self.config.colorization.k
+        if k > bins.shape[0]:
+            raise config_lib.ConfigError(
+                f"config.colorization.k={k} is more neighbours than the {bins.shape[0]} ab bins "
+                f"that config.colorization.bin_size={self.bin_size} found in the data; lower "
+                "config.colorization.k or the bin size."
+            )
+        self.bins = encode.bin_array(bins)
+        dtype = compute_dtype(self.config.model.dtype)
+        self._model = ColorizationNet(
+            trunk=make_trunk(self.config.model, dtype),
+            feature_tap=_FEATURE_TAP[self.config.model.name],
+            target_stride=self.config.colorization.target_stride,
+            num_bins=int(bins.shape[0]),
+            dtype=dtype,
+        )
 
     def check_source(self, source) -> None:
         del source  # any images; grayscale ones are left out of the loss
 
     def fit(self, workdir: str | None) -> None:
-        """The rebalancing weights from the bin priors (``run_priors``: the priors file, the
-        workdir's stored priors, or an estimate from the pretraining data stored there)."""
+        """The bins and the rebalancing weights: for Zhang's bins the priors (``run_priors``:
+        the priors file, the workdir's stored priors, or an estimate from the pretraining data
+        stored there); for data bins the bins and their priors (``run_data_bins``: stored in the
+        workdir, or estimated and stored there), which also builds the model."""
         col = self.config.colorization
-        if col.rebalance:
+        priors = None
+        if self.bin_size != ZHANG_BIN_SIZE:
+            bins, priors = run_data_bins(self.config, workdir)
+            self._use_bins(bins)
+        elif col.rebalance:
             priors = run_priors(self.config, workdir)
+        if col.rebalance:
             self.class_weights = encode.rebalance_weights(
-                priors, col.rebalance_gamma, col.rebalance_alpha
+                priors, col.rebalance_gamma, col.rebalance_alpha, num_bins=self.bins.shape[0]
             )
         self._fitted = True
+
+    def restore(self, workdir: str) -> None:
+        """The data bins a run stored in its workdir (bin_size 5, 15, 20; nothing for Zhang's),
+        for evaluating its checkpoints: builds the model; reads no data."""
+        if self.bin_size == ZHANG_BIN_SIZE:
+            return
+        path = paths.join(workdir, BINS_FILE)
+        if not paths.isfile(path):
+            raise FileNotFoundError(
+                f"{path} does not exist: a run with config.colorization.bin_size="
+                f"{self.bin_size} stores its ab bins there when it starts, and its model has "
+                "one logit per bin."
+            )
+        self._use_bins(data_bins.load_bins(path, self.bin_size))
 
     def prepare(self, rng: jax.Array, batch: dict[str, jax.Array]):
         if not self._fitted:
             raise RuntimeError("Colorization.prepare needs the bin priors: call fit() first.")
-        return make_prepare(self.config.colorization, self.class_weights)(rng, batch)
+        return make_prepare(self.config.colorization, self.class_weights, self.bins)(rng, batch)
 
     def loss(self, logits: jax.Array, targets: dict[str, jax.Array]):
         return loss(logits, targets)
 
     def model_inputs(self, images: jax.Array) -> jax.Array:
-        """L - 50 of the (8-bit-quantised) Lab image, as in pretraining: (B, S, S, 1)."""
-        lightness, _, _ = lab_targets(images, 1, self.config.colorization.quantize)
+        """L - 50 of the image's Lab, converted as in pretraining: (B, S, S, 1)."""
+        col = self.config.colorization
+        lightness, _, _ = lab_targets(images, 1, lab_conversion(col), col.quantize)
         return lightness

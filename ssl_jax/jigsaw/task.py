@@ -155,6 +155,9 @@ class Jigsaw:
                 paths.save_npy(stored, perms)
         self.permutations = jnp.asarray(perms, jnp.int32)
 
+    def restore(self, workdir: str) -> None:
+        del workdir  # the head has |P| = config.jigsaw.num_perms outputs, known from the config
+
     def prepare(self, rng: jax.Array, batch: dict[str, jax.Array]):
         if self.permutations is None:
             raise RuntimeError("Jigsaw.prepare needs the permutation set: call fit() first.")

@@ -91,6 +91,9 @@ class Supervised:
     def fit(self, workdir: str | None) -> None:
         del workdir  # nothing derived from the data
 
+    def restore(self, workdir: str) -> None:
+        del workdir  # the model does not depend on anything stored with the run
+
     def prepare(self, rng: jax.Array, batch: dict[str, jax.Array]):
         del rng  # the augmentation happened on the host
         return self.model_inputs(batch["image"]), batch["label"]

@@ -76,14 +76,15 @@ def restore_variables(
       step: the checkpoint to read; None for the latest.
 
     Returns:
-      (the run's config, its task (not fitted: nothing is read from its data), the step,
+      (the run's config, its task (not fitted: nothing is read from its data; what the run
+      stored that shapes its model is read back, ``task.restore``), the step,
       {"params", "batch_stats"} replicated over every device).
 
     Raises:
       FileNotFoundError: no config.json, or no checkpoint (at that step).
     """
     config = load_run_config(workdir)
-    task = tasks.create(config, check_values=False)
+    task = tasks.create(config, check_values=False, workdir=workdir)
     replicated = NamedSharding(loop.make_mesh(), P())
     abstract, _ = pretext_state(config, task, replicated, abstract=True)
     checkpoints = ckpt_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints)
