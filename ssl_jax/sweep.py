@@ -9,7 +9,7 @@ followed by its chained benchmarks (evaluation configs with ``--config.pretraine
 pretraining workdir). Layout, under ``sweep_dir``::
 
   sweep.json                           the resolved sweep config (read by ssl_jax.sweep_results)
-  <task>_<model>_n<size>_<P|K><value>/
+  <task>_<model>_n<size>_<P|K><value>[_<label><value>]/  (_bin15: a second axis off its default)
     run.json                           the run's axes, steps and exact commands
     pretrain/                          pretraining workdir (checkpoints/, metrics.jsonl, ...)
     eval_<benchmark>/results.json      one workdir per chained benchmark
@@ -97,6 +97,8 @@ class Run:
     directory: str
     pretrain: Step
     benchmarks: tuple[Step, ...]
+    # The task's second axes (config.extra_axes), every one: (label, value, default).
+    extra_axes: tuple[tuple[str, int, int], ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """run.json: the axes, and each step's command (the run's own config, reproducible)."""
@@ -104,6 +106,8 @@ class Run:
         return {
             "name": self.name, "task": self.task, "model": self.model,
             "data_size": self.data_size, "axis": self.axis, "complexity": self.complexity,
+            "extra_axes": {label: value for label, value, _ in self.extra_axes},
+            "extra_defaults": {label: default for label, _, default in self.extra_axes},
             "pretrain": _step_json(self.pretrain, python),
             "benchmarks": {s.name.removeprefix("eval_"): _step_json(s, python)
                            for s in self.benchmarks},
@@ -139,6 +143,18 @@ def benchmark(
         {model: tuple(items) for model, items in (model_overrides or {}).items()}
     )
     return b
+
+
+def bin_size_axis(
+    values: Sequence[int] = (5, 10, 15, 20), default: int = 10
+) -> ml_collections.ConfigDict:
+    """config.extra_axes.colorization: Colorization's ab bin size as a second axis ("bin" in run
+    names: ..._K10_bin15); 10 is Zhang's 313 bins, 5, 15, 20 FAIR's bins found in the data."""
+    axis = ml_collections.ConfigDict()
+    axis.bin = ml_collections.ConfigDict(
+        {"key": "colorization.bin_size", "values": tuple(values), "default": default}
+    )
+    return axis
 
 
 def results_config(
@@ -187,12 +203,38 @@ def format_size(size: int | float) -> str:
     return str(int(size)) if float(size).is_integer() and size >= 1 else repr(float(size))
 
 
-def grid_points(sweep: ml_collections.ConfigDict) -> list[tuple[str, str, int | float, int]]:
-    """(task, model, data size, complexity) for every run, in launch order.
+def extra_axes(sweep: ml_collections.ConfigDict, task: str) -> list[tuple[str, str, tuple, int]]:
+    """The task's second axes (``config.extra_axes[task]``, optional): (label, config key,
+    values, default) each, e.g. ("bin", "colorization.bin_size", (5, 10, 15, 20), 10)."""
+    entries = (sweep.get("extra_axes") or {}).get(task) or {}
+    out = []
+    for label, axis in entries.items():
+        where = f"config.extra_axes.{task}.{label}"
+        if not re.fullmatch(r"[a-z]+", label) or label in ("n", "P", "K"):
+            raise config_lib.ConfigError(
+                f"{where}: the label {label!r} goes into run names; use lower-case letters "
+                "other than 'n', e.g. 'bin'."
+            )
+        missing = [f for f in ("key", "values", "default") if f not in axis]
+        if missing:
+            raise config_lib.ConfigError(f"{where} lacks {missing}; it needs key, values, default.")
+        values = tuple(int(v) for v in axis["values"])
+        if int(axis["default"]) not in values:
+            raise config_lib.ConfigError(
+                f"{where}.default={axis['default']} is not one of its values {list(values)}."
+            )
+        out.append((label, axis["key"], values, int(axis["default"])))
+    return out
+
+
+def grid_points(sweep: ml_collections.ConfigDict) -> list[tuple[str, str, int | float, int, tuple]]:
+    """(task, model, data size, complexity, extras) for every run, in launch order; extras are
+    ((label, value), ...) of the task's second axes (``extra_axes``), every one.
 
     ``grid="product"`` takes every combination; ``grid="axes"`` varies one axis at a time (the
-    paper's figures): every data size at the task's ``default_complexity``, and every complexity
-    at ``default_data_size``.
+    paper's figures): every data size at the task's ``default_complexity``, every complexity at
+    ``default_data_size``, and every value of a second axis at both defaults (the other axes at
+    their defaults throughout).
     """
     if sweep.grid not in GRIDS:
         raise config_lib.ConfigError(
@@ -206,15 +248,25 @@ def grid_points(sweep: ml_collections.ConfigDict) -> list[tuple[str, str, int | 
                 f"{sorted(sweep.complexity)}."
             )
         values = tuple(sweep.complexity[task])
+        extras = extra_axes(sweep, task)
+        defaults = tuple((label, default) for label, _, _, default in extras)
         for model in sweep.models:
             if sweep.grid == "product":
-                pairs = [(n, v) for n in sweep.data_sizes for v in values]
+                combos = [()]
+                for label, _, extra_values, _ in extras:
+                    combos = [c + ((label, x),) for c in combos for x in extra_values]
+                triples = [(n, v, c) for n in sweep.data_sizes for v in values for c in combos]
             else:
                 default_v = sweep.default_complexity[task]
                 default_n = sweep.default_data_size
-                pairs = [(n, default_v) for n in sweep.data_sizes]
-                pairs += [(default_n, v) for v in values if (default_n, v) not in pairs]
-            points.extend((task, model, n, v) for n, v in pairs)
+                triples = [(n, default_v, defaults) for n in sweep.data_sizes]
+                triples += [(default_n, v, defaults) for v in values]
+                for i, (label, _, extra_values, _) in enumerate(extras):
+                    for x in extra_values:
+                        changed = defaults[:i] + ((label, x),) + defaults[i + 1 :]
+                        triples.append((default_n, default_v, changed))
+                triples = list(dict.fromkeys(triples))  # the defaults' run once
+            points.extend((task, model, n, v, c) for n, v, c in triples)
     return points
 
 
@@ -251,7 +303,7 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
         )
     base_configs: dict[str, ml_collections.ConfigDict] = {}
     runs = []
-    for task, model, size, value in grid_points(sweep):
+    for task, model, size, value, extras in grid_points(sweep):
         key = f"{task}_{model}"
         if key not in sweep.pretrain:
             raise config_lib.ConfigError(
@@ -262,10 +314,14 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
         if spec not in base_configs:
             base_configs[spec] = config_lib.load_config(spec)
         axis = sweep.complexity_label[task]
-        name = f"{task}_{model}_n{format_size(size)}_{axis}{value}"
+        extra_specs = {label: (key, default) for label, key, _, default in extra_axes(sweep, task)}
+        name = f"{task}_{model}_n{format_size(size)}_{axis}{value}" + "".join(
+            f"_{label}{x}" for label, x in extras if x != extra_specs[label][1]
+        )
         directory = paths.join(sweep_dir, name)
         overrides = [*common, (sweep.data_size_key, repr(size)),
-                     (sweep.complexity_key[task], str(value))]  # fmt: skip
+                     (sweep.complexity_key[task], str(value)),
+                     *((extra_specs[label][0], str(x)) for label, x in extras)]  # fmt: skip
         overrides += budget_overrides(sweep, base_configs[spec], overrides, size)
         resolved = check_overrides(spec, base_configs[spec], overrides, f"run {name}")
         try:  # the checks ssl_jax.main makes before training, now rather than hours later
@@ -287,7 +343,10 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
             )  # fmt: skip
             for bench, bench_spec, bench_overrides, per_model in benchmarks
         )
-        runs.append(Run(name, task, model, size, axis, int(value), directory, pretrain, evals))
+        described = tuple((label, int(x), extra_specs[label][1]) for label, x in extras)
+        runs.append(
+            Run(name, task, model, size, axis, int(value), directory, pretrain, evals, described)
+        )
     for name, spec, overrides, per_model in benchmarks:
         check_overrides(spec, None, overrides, f"benchmark {name}")
         for model, extra in per_model.items():

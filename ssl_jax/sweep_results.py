@@ -6,8 +6,9 @@ r"""A sweep's results in one table, and the paper's scaling figures.
 (``python -m ssl_jax.sweep --config=... --results_only`` does the same with the sweep config's
 ``results`` fields; a local sweep does it after its last run.)
 
-Reads every run directory of ``D`` (``<task>_<model>_n<size>_<P|K><value>``, with the run.json
-that ssl_jax.sweep writes there) and its benchmarks' ``eval_<name>/results.json``. Metrics, all in
+Reads every run directory of ``D`` (``<task>_<model>_n<size>_<P|K><value>``, then
+``_<label><value>`` for a second axis off its default such as ``_bin15``, with the run.json that
+ssl_jax.sweep writes there) and its benchmarks' ``eval_<name>/results.json``. Metrics, all in
 %:
 - voc07_svm: test mAP per layer (``layers[layer]["mAP"]``, a fraction, x100);
 - voc07_lowshot, places205_lowshot: mean test mAP over samples at k = ``lowshot_k`` (0: the
@@ -23,7 +24,9 @@ Writes to ``out_dir``:
 - one PNG per claim, the transfer metric being ``metric``'s best-layer value:
   fig_data_size.png (against data size, log axis, a panel per task, a line per model),
   fig_permutations.png (Jigsaw, against |P|), fig_colorization_k.png (Colorization, against K),
-  fig_model_gap.png (second minus first of ``gap_models`` against data size).
+  fig_model_gap.png (second minus first of ``gap_models`` against data size), and per second axis
+  fig_<task>_<label>.png (e.g. fig_colorization_bin.png, against the ab bin size). Runs with a
+  second axis off its default appear only in that axis's figure.
   A figure whose axis has a single value in the sweep (or, for the gap, lacks one of the two
   models) is left out with a note in runs.md.
 """
@@ -45,9 +48,11 @@ from ssl_jax import paths
 from ssl_jax.train import checkpoint as ckpt_lib
 
 RUN_NAME = re.compile(
-    r"^(?P<task>[a-z]+)_(?P<model>.+)_n(?P<size>[^_]+)_(?P<axis>[PK])(?P<value>\d+)$"
+    r"^(?P<task>[a-z]+)_(?P<model>.+?)_n(?P<size>[^_]+)_(?P<axis>[PK])(?P<value>\d+)"
+    r"(?P<extras>(?:_[a-z]+\d+)*)$"
 )
 AXIS_NAMES = {"P": "|P| (Jigsaw permutations)", "K": "K (Colorization soft-encoding neighbours)"}
+EXTRA_AXIS_NAMES = {"bin": "ab bin size (Colorization)"}
 UNITS = {"voc07_svm": "mAP (%)", "voc07_lowshot": "mAP (%)", "places205_lowshot": "mAP (%)",
          "linear": "top-1 (%)"}  # fmt: skip
 
@@ -92,7 +97,9 @@ def _run_axes(directory: str, name: str) -> dict[str, Any] | None:
     if paths.isfile(path):
         run = paths.read_json(path)
         return {k: run[k] for k in ("task", "model", "data_size", "axis", "complexity")} | {
-            "run": name
+            "run": name,
+            "extra_axes": run.get("extra_axes", {}),
+            "extra_defaults": run.get("extra_defaults", {}),
         }
     match = RUN_NAME.match(name)
     if match is None:
@@ -101,8 +108,17 @@ def _run_axes(directory: str, name: str) -> dict[str, Any] | None:
     data_size = 0 if size == "all" else float(size)
     if data_size > 1:
         data_size = int(data_size)
+    # A name lists only the second axes off their defaults (which it does not give).
+    extras = {m[1]: int(m[2]) for m in re.finditer(r"_([a-z]+)(\d+)", match["extras"])}
     return {"run": name, "task": match["task"], "model": match["model"], "data_size": data_size,
-            "axis": match["axis"], "complexity": int(match["value"])}  # fmt: skip
+            "axis": match["axis"], "complexity": int(match["value"]),
+            "extra_axes": extras, "extra_defaults": {}}  # fmt: skip
+
+
+def off_default(row: dict[str, Any]) -> dict[str, int]:
+    """The row's second axes that are off their defaults (as in its name, e.g. {"bin": 15})."""
+    defaults = row.get("extra_defaults", {})
+    return {k: v for k, v in row.get("extra_axes", {}).items() if defaults.get(k) != v}
 
 
 def benchmark_scores(results: dict[str, Any], lowshot_k: int = 0) -> dict[str, Any]:
@@ -152,6 +168,7 @@ def flat_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         flat = {k: r[k] for k in ("run", "task", "model", "data_size", "axis", "complexity",
                                   "pretrain_step")}  # fmt: skip
+        flat["extra_axes"] = _extras_text(r)
         for b, layers in layer_names.items():
             scores = r["benchmarks"].get(b, {})
             flat[b] = _round(scores.get("best"))
@@ -160,6 +177,10 @@ def flat_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 flat[f"{b}/{layer}"] = _round(scores.get("layers", {}).get(layer))
         out.append(flat)
     return out
+
+
+def _extras_text(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(off_default(row).items()))
 
 
 def _layers(rows: Sequence[dict[str, Any]], benchmark: str) -> list[str]:
@@ -191,8 +212,9 @@ def markdown(rows: Sequence[dict[str, Any]], notes: Sequence[str] = ()) -> str:
         "|" + "---|" * (len(head) + len(benchmarks)),
     ]
     for r in rows:
+        extras = _extras_text(r)
         cells = [r["run"], r["task"], r["model"], _size(r["data_size"]),
-                 f"{r['axis']}={r['complexity']}",
+                 f"{r['axis']}={r['complexity']}" + (f", {extras}" if extras else ""),
                  "" if r["pretrain_step"] is None else str(r["pretrain_step"])]  # fmt: skip
         for b in benchmarks:
             s = r["benchmarks"].get(b)
@@ -281,15 +303,18 @@ def figures(
     gap_models: Sequence[str] = ("alexnet", "r50"),
 ) -> tuple[dict[str, Figure], list[str]]:
     """The paper's figures, one per claim, as matplotlib Figures (not yet saved), and notes on
-    those left out. Keys: data_size, permutations, colorization_k, model_gap."""
+    those left out. Keys: data_size, permutations, colorization_k, model_gap, and
+    <task>_<label> per second axis (colorization_bin)."""
     metric = choose_metric(rows, metric)
     figs: dict[str, Figure] = {}
     notes: list[str] = []
-    scored = [r for r in rows if _score(r, metric) is not None]
-    if not scored:
+    all_scored = [r for r in rows if _score(r, metric) is not None]
+    if not all_scored:
         return figs, [f"No run has results for {metric or 'any benchmark'}: no figures."]
+    # The paper's figures: runs with every second axis at its default.
+    scored = [r for r in all_scored if not off_default(r)]
     ylabel = f"{metric} {_unit(rows, metric)}, best layer"
-    sizes = _distinct(scored, "data_size")
+    sizes = _distinct(scored or all_scored, "data_size")
 
     # (a) Transfer against data size, a panel per task, a line per model (and complexity).
     by_task = {
@@ -348,6 +373,43 @@ def figures(
         ax.set_xlabel(f"problem complexity {what} (log scale)")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{task}: transfer vs problem complexity {AXIS_NAMES[axis].split()[0]}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+        figs[key] = fig
+
+    # (e) Transfer against each second axis (e.g. Colorization's ab bin size), per task.
+    labels = sorted({(r["task"], k) for r in all_scored for k in r.get("extra_axes", {})})
+    for task, label in labels:
+        key = f"{task}_{label}"
+        axis_rows = [
+            dict(r, extra_value=r["extra_axes"][label])
+            for r in all_scored
+            if r["task"] == task
+            and label in r["extra_axes"]
+            and not {k for k in off_default(r) if k != label}
+        ]
+        values = _distinct(axis_rows, "extra_value")
+        series = _series(axis_rows, metric, "extra_value", ("model", "data_size", "complexity"))
+        if len(values) < 2 or not series:
+            notes.append(
+                f"fig_{key}.png left out: {task} has no model, data size and "
+                f"{axis_rows[0]['axis'] if axis_rows else 'complexity'} with results at two "
+                f"values of {label}."
+            )
+            continue
+        fig = Figure(figsize=(6, 4.2), layout="constrained")
+        ax = fig.subplots()
+        for (model, size, value), pts in series.items():
+            xs, ys = zip(*pts, strict=True)
+            axis = axis_rows[0]["axis"]
+            ax.plot(xs, ys, marker="o", label=f"{model}, {_size(size)} images, {axis}={value}")
+        ax.set_xscale("log")
+        ax.set_xticks(values, [str(v) for v in values])
+        ax.minorticks_off()
+        what = EXTRA_AXIS_NAMES.get(label, label)
+        ax.set_xlabel(f"{what} (log scale)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{task}: transfer vs {what}")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
         figs[key] = fig

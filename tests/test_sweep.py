@@ -439,3 +439,86 @@ def test_config_docstrings_document_the_format():
     for field in ("sweep_dir", "pretrain", "data_sizes", "complexity", "benchmarks", "steps",
                   "overrides", "slurm", "results"):  # fmt: skip
         assert textwrap.dedent(f"  {field}") in doc
+
+
+# ---------------------------------------------------------------------------------------------
+# Colorization's ab bin size as a second axis
+
+
+def test_bin_size_axis_runs_names_and_overrides(tmp_path):
+    runs = sweep.expand(sweep.load_sweep(f"{PAPER}:bins,sweep_dir={tmp_path}"))
+    assert len(runs) == 38 + 2 * 3
+    named = {r.name: r for r in runs}
+    for model in ("alexnet", "r50"):
+        for size in (5, 15, 20):
+            run = named[f"colorization_{model}_n1000000_K10_bin{size}"]
+            overrides = dict(run.pretrain.overrides)
+            assert overrides["colorization.bin_size"] == str(size)
+            assert overrides["colorization.k"] == "10"
+            resolved = sweep.check_overrides(run.pretrain.spec, None, run.pretrain.overrides, "t")
+            assert resolved.colorization.bin_size == size
+            assert run.describe()["extra_axes"] == {"bin": size}
+            assert run.describe()["extra_defaults"] == {"bin": 10}
+    # Runs at the default bin size keep their names, and set it explicitly.
+    default = named["colorization_r50_n10000000_K10"]
+    assert dict(default.pretrain.overrides)["colorization.bin_size"] == "10"
+    assert "colorization_r50_n1000000_K10_bin10" not in named
+    assert all("bin_size" not in dict(r.pretrain.overrides) for r in runs if r.task == "jigsaw")
+    # The CIFAR axes sweep: the same axis at its defaults (10,000 images, K = 10).
+    cifar_runs = sweep.expand(
+        sweep.load_sweep(f"configs/sweeps/cifar_axes.py:bins,sweep_dir={tmp_path}")
+    )
+    assert sorted(r.name for r in cifar_runs if "_bin" in r.name) == sorted(
+        f"colorization_{m}_n10000_K10_bin{s}" for m in ("alexnet", "r18") for s in (5, 15, 20)
+    )
+    # A K the bin size cannot hold is refused before anything runs, naming both keys.
+    with pytest.raises(
+        config_lib.ConfigError, match="colorization.k=160.*colorization.bin_size=20"
+    ):
+        sweep.expand(sweep.load_sweep(f"{PAPER}:bins,product,sweep_dir={tmp_path}"))
+    config = sweep.load_sweep(f"{PAPER}:bins,sweep_dir={tmp_path}")
+    config.extra_axes.colorization.bin.default = 12
+    with pytest.raises(config_lib.ConfigError, match="extra_axes.colorization.bin.default"):
+        sweep.expand(config)
+
+
+def test_bin_size_axis_results_and_figure(tmp_path):
+    config = sweep.load_sweep(f"{PAPER}:bins,sweep_dir={tmp_path}")
+    runs = sweep.expand(config)
+    _fabricate(str(tmp_path), runs)
+    rows = sweep_results.collect(str(tmp_path))
+    assert len(rows) == 44
+    row = next(r for r in rows if r["run"] == "colorization_r50_n1000000_K10_bin15")
+    assert sweep_results.off_default(row) == {"bin": 15}
+    figs, notes = sweep_results.figures(rows, "voc07_svm")
+    assert notes == []
+    assert set(figs) == {"data_size", "permutations", "colorization_k", "colorization_bin",
+                         "model_gap"}  # fmt: skip
+    # The K figure holds the default-bin runs only; the bin figure the 4 sizes at K = 10, 1M.
+    assert len(figs["colorization_k"].axes[0].get_lines()[0].get_xdata()) == 8
+    lines = figs["colorization_bin"].axes[0].get_lines()
+    assert {line.get_label() for line in lines} == {
+        "alexnet, 1M images, K=10",
+        "r50, 1M images, K=10",
+    }
+    assert [list(line.get_xdata()) for line in lines] == [[5, 10, 15, 20]] * 2
+    paths = sweep_results.write(str(tmp_path))
+    assert "fig_colorization_bin.png" in {os.path.basename(p) for p in paths}
+    with open(paths[1]) as f:
+        assert (
+            "| colorization_r50_n1000000_K10_bin15 | colorization | r50 | 1M | K=10, bin=15 |"
+            in f.read()
+        )
+    with open(paths[0]) as f:
+        table = {r["run"]: r for r in csv.DictReader(f)}
+    assert table["colorization_r50_n1000000_K10_bin15"]["extra_axes"] == "bin=15"
+    assert table["colorization_r50_n1000000_K10"]["extra_axes"] == ""
+    # Without run.json the name alone gives the off-default axis.
+    for run in runs:
+        os.remove(os.path.join(run.directory, "run.json"))
+    row = next(r for r in sweep_results.collect(str(tmp_path)) if r["run"].endswith("_bin20"))
+    assert (row["model"], row["complexity"], sweep_results.off_default(row)) == (
+        "alexnet",
+        10,
+        {"bin": 20},
+    )

@@ -20,6 +20,8 @@ Arguments (after a colon, comma-separated):
                    ../shared/data/cifar10 next to the repository).
   seed=N           the pretraining seed of every run (run the sweep again with another seed and
                    another sweep_dir for seed-to-seed spread).
+  bins             also FAIR's ab bin sizes 5, 15, 20 for Colorization at K = 10 and 10,000
+                   images (runs colorization_<model>_n10000_K10_bin5 etc.): +6 runs.
 """
 
 import os
@@ -27,12 +29,12 @@ import os
 import ml_collections
 
 from ssl_jax import config_lib
-from ssl_jax.sweep import CIFAR10, benchmark, results_config
+from ssl_jax.sweep import CIFAR10, benchmark, bin_size_axis, results_config
 
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(
-        arg, sweep_dir="/tmp/ssl_jax_sweeps/cifar_axes", data=CIFAR10, seed=0
+        arg, sweep_dir="/tmp/ssl_jax_sweeps/cifar_axes", data=CIFAR10, seed=0, bins=False
     )
     train = os.path.join(arg.data, "train")
     c = ml_collections.ConfigDict()
@@ -53,6 +55,9 @@ def get_config(arg=None):
         {"jigsaw": "jigsaw.num_perms", "colorization": "colorization.k"}
     )
     c.complexity_label = ml_collections.ConfigDict({"jigsaw": "P", "colorization": "K"})
+    c.extra_axes = ml_collections.ConfigDict()
+    if arg.bins:
+        c.extra_axes.colorization = bin_size_axis()
     c.grid = "axes"
     c.default_data_size = 10000
     c.default_complexity = ml_collections.ConfigDict({"jigsaw": 100, "colorization": 10})

@@ -23,7 +23,8 @@ config.overrides. Cost: far beyond one machine; emit the commands
 Sweep config format (every sweep config; ``get_config(arg)`` returns this ConfigDict):
   name            label of the sweep.
   sweep_dir       root of the sweep; a run's workdirs are
-                  sweep_dir/<task>_<model>_n<size>_<P|K><value>/{pretrain,eval_<benchmark>}.
+                  sweep_dir/<task>_<model>_n<size>_<P|K><value>/{pretrain,eval_<benchmark>}
+                  (then _<label><value> for a second axis off its default, e.g. ..._K10_bin15).
   tasks, models   the task and model axes (names used in run names and figures).
   pretrain        a base pretraining config spec per "<task>_<model>" (path[:arg]; relative paths
                   resolve against the working directory, then the repository root).
@@ -32,6 +33,9 @@ Sweep config format (every sweep config; ``get_config(arg)`` returns this Config
   complexity      per task, the problem-complexity values (|P| for jigsaw, K for colorization).
   complexity_key  per task, the pretraining config key of that value.
   complexity_label  per task, the letter in run names and tables ("P" / "K").
+  extra_axes      optional, per task, second axes by label: key, values, default (Colorization's
+                  ab bin size: {"bin": {key: colorization.bin_size, values: (5, 10, 15, 20),
+                  default: 10}}); "axes" sweeps each at the default data size and complexity.
   grid            "product" (every combination) or "axes" (each axis alone, at the defaults).
   default_data_size, default_complexity (per task): the fixed values of grid="axes".
   steps           0: keep the base config's epochs; N > 0: every run makes N updates (the
@@ -51,12 +55,16 @@ Arguments (after a colon, comma-separated):
   places205_train=PATH, places205_val=PATH  Places205 train / val (folders or "path label" lists).
   sweep_dir=PATH        the sweep's root.
   product               the full cross product instead of one axis at a time.
+  bins                  also FAIR's ab bin sizes 5, 15, 20 for Colorization (K = 10, 1M images;
+                        runs ..._K10_bin5 etc.; the bins are found in each run's data): +6 runs.
+                        With product, K above a size's histogram cells is refused (K = 160, 313
+                        at size 20: 144 cells; 313 at 15: 289).
 """
 
 import ml_collections
 
 from ssl_jax import config_lib
-from ssl_jax.sweep import benchmark, results_config
+from ssl_jax.sweep import benchmark, bin_size_axis, results_config
 
 YFCC_SIZES = (1_000_000, 10_000_000, 50_000_000, 100_000_000)
 PERMUTATIONS = (100, 701, 2000, 5000, 10000)
@@ -72,6 +80,7 @@ def get_config(arg=None):
         places205_val="/path/to/places205/val_places205.csv",
         sweep_dir="/path/to/sweeps/paper_axes",
         product=False,
+        bins=False,
     )
     c = ml_collections.ConfigDict()
     c.name = "paper_axes"
@@ -93,6 +102,9 @@ def get_config(arg=None):
         {"jigsaw": "jigsaw.num_perms", "colorization": "colorization.k"}
     )
     c.complexity_label = ml_collections.ConfigDict({"jigsaw": "P", "colorization": "K"})
+    c.extra_axes = ml_collections.ConfigDict()
+    if arg.bins:
+        c.extra_axes.colorization = bin_size_axis()
     c.grid = "product" if arg.product else "axes"
     c.default_data_size = YFCC_SIZES[0]
     c.default_complexity = ml_collections.ConfigDict({"jigsaw": 2000, "colorization": 10})
