@@ -7,8 +7,8 @@ Usage:
 Input: one batch of real ab values, 32 x 56 x 56 pixels: 32 random 224 x 224 crops of real
 photos (default: CIFAR-10 training JPEGs, one image per crop, upscaled to 256 x 256; or the
 sample photos bundled with scikit-learn and scikit-image), turned into the target grid exactly
-as the trainer does it (``ssl_jax.colorization.task.lab_targets``: the library's rgb_to_lab,
-OpenCV 8-bit quantisation, 4 x 4 average pooling of ab), and random logits (32, 56, 56, 313).
+as the trainer does it (``ssl_jax.colorization.task.lab_targets``: OpenCV's 8-bit Lab, the
+library's default, 4 x 4 average pooling of ab), and random logits (32, 56, 56, 313).
 The rebalancing weights are the library's (``encode.rebalance_weights``, gamma 0.5) for priors
 estimated from this batch (nearest-bin counts smoothed with sigma 5, ``encode.smooth_priors``).
 
@@ -103,7 +103,7 @@ def real_ab(kind: str, seed: int = 0) -> np.ndarray:
         y = rng.integers(0, image.shape[0] - CROP + 1)
         x = rng.integers(0, image.shape[1] - CROP + 1)
         crops.append(image[y : y + CROP, x : x + CROP])
-    _, ab_grid, _ = jax.jit(lab_targets, static_argnums=(1, 2))(np.stack(crops), STRIDE, True)
+    _, ab_grid, _ = jax.jit(lab_targets, static_argnums=(1, 2))(np.stack(crops), STRIDE, "opencv")
     return np.asarray(ab_grid)
 
 

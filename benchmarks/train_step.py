@@ -25,8 +25,11 @@ same uint8 (B, 255, 255, 3) crops, softmax cross-entropy, SGD with momentum 0.9 
 
 Colorization (--task colorization):
 JAX side: the library's step from configs/colorize_r50.py (ResNet-50, 224 crops, res5 at stride
-1 with dilation 2, set here: the config's default is FAIR's undilated res5) or configs/colorize_alexnet.py (Zhang's AlexNet, 227 crops), with the same
-overrides and colorization.k = --k, colorization.rebalance = True and colorization.priors_file
+1 with dilation 2, set here: the config's default is FAIR's undilated res5) or
+configs/colorize_alexnet.py (Zhang's AlexNet, 227 crops), with the same
+overrides and colorization.k = --k, colorization.rebalance = True, colorization.lab = "float"
+(the float Lab formulas, which the PyTorch side restates; the default OpenCV 8-bit path is
+cheaper, BENCHMARKS.md "Lab conversion") and colorization.priors_file
 a smooth, Zhang-like prior (most mass near grey, a Gaussian of width 30 in ab) written to a
 temporary directory, so no data is read. Input: random uint8 crops (B, crop, crop, 3) on the
 device; Lab conversion, 8-bit quantisation, 4 x 4 pooling of ab to the 56 x 56 target grid, soft
@@ -227,6 +230,7 @@ def jax_config(task: str, model: str, batch: int, args):
             ("colorization.k", str(args.k)),
             ("colorization.rebalance", "True"),
             ("colorization.priors_file", args.priors_file),
+            ("colorization.lab", "float"),  # the formulas the PyTorch side restates
             ("evals.samples.every_steps", "0"),
         ]
         if model == "resnet50":
