@@ -150,11 +150,11 @@ def test_rgb_to_lab_jit_shapes_dtypes(dtype):
 
 
 # ----------------------------------------------------------------------------------------------
-# rgb_to_lab against OpenCV's 8-bit conversion
+# rgb_to_lab (the float path) against OpenCV's 8-bit conversion
 #
 # OpenCV's 8-bit RGB2Lab works from fixed-point lookup tables and deviates from the exact CIE
-# formulas by up to about 2.5 units (very dark saturated colours), so exact agreement is not
-# possible.
+# formulas by up to about 2.5 units (very dark saturated colours), so the float formulas cannot
+# agree with it exactly (rgb_to_lab_8bit reproduces the tables instead: tests/test_lab_opencv.py).
 # What must hold: ours is never further from OpenCV than the exact float64 (skimage) value is.
 
 
