@@ -12,8 +12,10 @@ Bin sizes 5, 15 and 20 follow FAIR's generate_colorization_bins_priors.py: a 2-D
 and in b, with numpy's histogram2d conventions (cells [e_i, e_i+1), the last one closed, values
 beyond the last edge dropped: a, b > 122 for size 10, > 123 for 5, > 112 for 20); the bins are
 the cells that hold at least one pixel, each listed by its lower edges (a_i, b_j), and their
-priors the cells' pixel frequencies. FAIR's soft encoding measured distances to those listed
-coordinates, so ours does too. The estimation from the data is
+priors the cells' pixel frequencies (unsmoothed). FAIR's script saves those lower edges as the
+bin file (pts_in_hull_..._bin<size>.npy, the file Zhang's soft encoding reads its bin centres
+from; FAIR's training code is not public), so our soft encoding and annealed mean use them as the
+bins' coordinates too, not the cell centres. The estimation from the data is
 ``ssl_jax.colorization.data_bins``; the grid arithmetic is here.
 """
 
