@@ -7,11 +7,11 @@ ImageNet-1k from TFDS ``imagenet2012`` (prepare it once with
 ``--config.data.data_dir=D``).
 
 The task (PROTOCOLS.md): Lab as OpenCV's 8-bit conversion (exactly; ``config.colorization.lab``),
-the L channel in, res5 at stride 1 (1/16, not dilated, as FAIR's model), a 1x1 conv to the
-313 ab bins upsampled to a 56x56 grid (1/4 of the 224 crop); targets soft-encoded over the K = 10 nearest bins with
-sigma = 5; Zhang's class rebalancing (gamma 0.5) with priors estimated from 10,000 training
-images at the start of the run and stored in the workdir (colorization_priors.npy; or give your
-own with ``--config.colorization.priors_file``); grayscale images left out of the loss. With
+the L channel in, res5 at stride 1 (1/16, not dilated, as FAIR's model), a 1x1 conv to the 313 ab
+bins upsampled to a 56x56 grid (1/4 of the 224 crop); targets soft-encoded over the K = 10 nearest
+bins with sigma = 5; Zhang's class rebalancing (gamma 0.5) with priors estimated from 10,000
+training images at the start of the run and stored in the workdir (colorization_priors.npy; or give
+your own with ``--config.colorization.priors_file``); grayscale images left out of the loss. With
 ``bins=5|15|20`` the bins are FAIR's, found in 10,000 training images (whole, resized to 256 x 256)
 at the start of the run and stored in the workdir with their priors (colorization_bins.npy,
 colorization_priors.npy); the head then has one logit per bin found.

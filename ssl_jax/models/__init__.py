@@ -21,8 +21,8 @@ def make_trunk(model_config: ml_collections.ConfigDict, dtype: Any = jnp.float32
     Reads `depth` (resnet), `width`, `bn_group_size`, and the optional fields `res5_stride`
     (resnet, default 2), `res5_dilation` (resnet, default 1), `stride_in_1x1` (resnet, default
     False), `zero_init_residual` (resnet, default False), `alexnet_variant` (default "jigsaw"),
-    `alexnet_lrn` (None: the variant's), `bn_momentum` (0.9) and `bn_epsilon` (1e-5). `dtype` is the compute dtype (a numpy
-    dtype or its name, e.g. "bfloat16").
+    `alexnet_lrn` (None: the variant's), `bn_momentum` (0.9) and `bn_epsilon` (1e-5). `dtype` is
+    the compute dtype (a numpy dtype or its name, e.g. "bfloat16").
     """
     name = model_config.name
     common = dict(
