@@ -3,6 +3,7 @@
 import functools
 import os
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,13 +99,19 @@ def test_model_inputs_conventions():
     x = np.asarray(jig.model_inputs(jnp.asarray(images)))
     mean, std = np.asarray(jig.config.input.mean), np.asarray(jig.config.input.std)
     np.testing.assert_allclose(x, (images / 255.0 - mean) / std, rtol=1e-5, atol=1e-5)
+    jig.config.input.channel_order = "bgr"  # a trunk whose conv1 reads BGR (Caffe2 layout)
+    bgr = np.asarray(jig.model_inputs(jnp.asarray(images)))
+    np.testing.assert_allclose(
+        bgr, ((images / 255.0 - mean) / std)[..., ::-1], rtol=1e-5, atol=1e-5
+    )
     col = _task("configs/colorize_r50.py")
     lightness = np.asarray(col.model_inputs(jnp.asarray(images)))
     assert lightness.shape == (2, 8, 8, 1)
-    from ssl_jax.colorization import quantize_8bit, rgb_to_lab
-
-    lab = np.asarray(quantize_8bit(rgb_to_lab(jnp.asarray(images))))
-    np.testing.assert_allclose(lightness[..., 0], lab[..., 0] - 50.0, atol=1e-4)
+    # OpenCV's 8-bit L (the paper's pipeline), as L * 100 / 255 - 50.
+    codes = np.stack(
+        [cv2.cvtColor(np.ascontiguousarray(im[..., ::-1]), cv2.COLOR_BGR2LAB) for im in images]
+    )
+    np.testing.assert_allclose(lightness[..., 0], codes[..., 0] * 100.0 / 255.0 - 50.0, atol=1e-4)
 
 
 def test_trunk_variables_errors():
