@@ -185,3 +185,25 @@ def test_colorization_priors_and_pictures_in_the_bucket(gcs_bucket, tmp_path):
         with paths.open(picture, "rb") as f:
             assert Image.open(f).size == (3 * 68 + 4, 8 * 68 + 4)  # 8 rows of 64-pixel crops
     assert os.listdir(tmp_path) == []
+
+
+def test_weights_import_and_export_through_the_bucket(gcs_bucket):
+    from ssl_jax.weights import exports, imports, torchfile
+
+    root = f"{gcs_bucket}/weights-{uuid.uuid4().hex[:8]}"
+    local = os.path.join(
+        os.path.dirname(__file__), "fixtures", "weights", "torchvision_resnet18.pth"
+    )
+    with open(local, "rb") as f:
+        paths.write_bytes(f"{root}/resnet18.pth", f.read())
+    record = imports.import_checkpoint(
+        "torchvision", "resnet18_supervised", f"{root}/resnet18.pth", f"{root}/imported"
+    )
+    assert record["dropped"] == ["fc.bias", "fc.weight"]
+    assert paths.read_json(f"{root}/imported/imported.json")["format"] == "torchvision"
+    exports.export(f"{root}/imported", "torchvision", f"{root}/out.pth")
+    source, out = torchfile.load(local), torchfile.load(f"{root}/out.pth")
+    weights = [k for k in source if not k.startswith("fc.") and "num_batches" not in k]
+    assert sorted(out) == sorted(weights)
+    for name, value in out.items():
+        np.testing.assert_array_equal(value, source[name])
