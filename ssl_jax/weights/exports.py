@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from ssl_jax import paths
+from ssl_jax.evals import features
 from ssl_jax.train import state as state_lib
 from ssl_jax.weights import layout, torchfile
 
@@ -38,10 +39,7 @@ class ExportFailed(ValueError):
 
 def _trunk_state(workdir: str, step: int | None) -> tuple[Any, dict[str, np.ndarray]]:
     config, _, _, variables = state_lib.restore_variables(workdir, step)
-    trunk = {
-        "params": variables["params"]["trunk"],
-        "batch_stats": variables["batch_stats"]["trunk"],
-    }
+    trunk = features.trunk_variables(variables)
     return config, layout.from_variables(jax.tree.map(np.asarray, trunk))
 
 

@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ssl_jax import config_defaults, paths, tasks
+from ssl_jax.evals import features
 from ssl_jax.jigsaw.tiles import IMAGENET_MEAN, IMAGENET_STD
 from ssl_jax.train import checkpoint as ckpt_lib
 from ssl_jax.train import loop
@@ -178,7 +179,7 @@ def import_checkpoint(
     conversions: list[str] = []
     if fmt == "ssl_jax":
         config, task, step, variables = state_lib.restore_variables(src)
-        trunk = jax.tree.map(np.asarray, _trunk(variables))
+        trunk = jax.tree.map(np.asarray, features.trunk_variables(variables))
         record["source_step"] = step
         state, dropped = layout.from_variables(trunk), []
         name, depth, task_name = config.model.name, config.model.depth, config.task
@@ -251,13 +252,6 @@ def _fssb_settings(
     else:
         config.input.mean, config.input.std = IMAGENET_MEAN, IMAGENET_STD
     return notes
-
-
-def _trunk(variables: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "params": variables["params"]["trunk"],
-        "batch_stats": variables["batch_stats"]["trunk"],
-    }
 
 
 def _write(
