@@ -23,7 +23,7 @@ import ml_collections
 
 from ssl_jax import config_lib, paths, tasks
 from ssl_jax.colorization.picture import Picture
-from ssl_jax.evals import linear, probe, svm_benchmark
+from ssl_jax.evals import detection, linear, probe, svm_benchmark
 from ssl_jax.evals.base import Evaluator, Weights
 from ssl_jax.pretext import Pretext
 from ssl_jax.train import state as state_lib
@@ -37,6 +37,7 @@ EVALUATORS: dict[str, type] = {
     "linear": linear.LinearBenchmark,
     "probe": probe.Probe,
     "colorization_picture": Picture,
+    "voc07_detection": detection.DetectionBenchmark,
 }
 
 

@@ -1,0 +1,50 @@
+r"""Object detection on VOC07 test with a Faster R-CNN (or Fast R-CNN) ResNet-C4 on a
+pretrained trunk: the paper's third transfer benchmark (PROTOCOLS.md, "Detection").
+
+The paper's recipe (4 images per batch, 50,000 iterations, lr 0.002 x0.1 at 38,000, short side
+600, VOC07 trainval -> VOC07 test), frozen conv body and full fine-tuning:
+
+  python -m ssl_jax.main --config=configs/evals/voc07_detection.py:freeze_at=4 \
+      --config.pretrained=W --workdir=E --config.data.data_dir=D
+  python -m ssl_jax.main --config=configs/evals/voc07_detection.py:freeze_at=2 \
+      --config.pretrained=W --workdir=E --config.data.data_dir=D
+
+VOC07+12 (the union of both trainval sets): ``train=voc0712``. A VOCdevkit folder instead of
+TFDS's voc/2007 and voc/2012: ``devkit=PATH`` (VOC2007/ and VOC2012/ inside). Fast R-CNN on
+precomputed proposals (Detectron's pickles, e.g. the Selective Search ones it published for
+VOC07; 30,000 iterations, x0.1 at 22,000): ``proposals=/data/voc_2007_{split}.pkl``. A larger
+batch scales the rate linearly (``--config.optim.batch_size=16`` gives lr 0.008; the warm-up
+and step counts stay as set). E/results.json has per-class AP (VOC2007 11-point, and
+all-points), E/detections.json every detection, E/detections.png a few test images.
+
+Paper numbers it should reproduce (Goyal et al. 2019, detection tables; ImageNet-1k ResNet-50):
+see README.md, "Detection", which quotes them with their source.
+
+Expected time: an estimate from this library's CPU measurements and the GPU benchmark in
+BENCHMARKS.md ("Detection"); see that section.
+
+Arguments (after a colon, comma-separated):
+  freeze_at=4|2        4: stem..res4 frozen (the paper's frozen conv body); 2: full fine-tuning.
+  proposals=rpn|FILE   rpn: Faster R-CNN end to end; FILE: Fast R-CNN on a proposals pickle.
+  train=voc07|voc0712  the training set.
+  devkit=PATH          a VOCdevkit folder instead of TFDS.
+  data_dir=D           TFDS data_dir (voc/2007, voc/2012 prepared there; never downloaded).
+  runlocal             the shared two-class set (raccoons, kangaroos; ../shared/data/detection),
+                       short side 320, 600 steps of 4 images: about 10 minutes on 2 CPU cores
+                       with the CIFAR ResNet-18 trunks of RESULTS.md (from a pretrained workdir,
+                       or --config.random_init=True for the same trunk with fresh weights).
+
+Small scale (RESULTS.md, "Detection"):
+  python -m ssl_jax.main --config=configs/evals/voc07_detection.py:runlocal,freeze_at=2 \
+      --config.pretrained=W --workdir=E
+"""
+
+from ssl_jax import config_lib
+from ssl_jax.evals import detection
+
+
+def get_config(arg=None):
+    arg = config_lib.parse_arg(arg, **detection.ARGS)
+    c = detection.defaults()
+    detection.apply_args(c, arg)
+    return c
