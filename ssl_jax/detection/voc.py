@@ -363,7 +363,8 @@ def read_tfds(
 
     Args:
         name: the TFDS name with its config.
-        split: "trainval" (TFDS's train + validation), "train", "val" / "validation", "test".
+        split: "trainval" (TFDS's train + validation), "train", "val" / "validation", "test"
+            (voc/2012's test has no annotations: every image counts as "no_objects").
         data_dir: the TFDS data_dir (None: TFDS's default).
         classes: as in ``read_devkit``.
         config_key: where the dataset's config sits, for error messages.
@@ -393,8 +394,8 @@ def read_tfds(
     available = set(builder.info.splits)
     if split in available:
         parts: tuple[str, ...] = (split,)
-    elif split in _TFDS_SPLITS and set(_TFDS_SPLITS[split]) <= available:
-        parts = _TFDS_SPLITS[split]
+    elif split in _TFDS_SPLITS and (not available or set(_TFDS_SPLITS[split]) <= available):
+        parts = _TFDS_SPLITS[split]  # (a mocked builder's info has no splits)
     else:
         allowed = available | {s for s, p in _TFDS_SPLITS.items() if set(p) <= available}
         raise ConfigError(
