@@ -219,6 +219,7 @@ def train_batches(
     seed: int = 0,
     start: tuple[int, int] | None = None,
     workers: int = 4,
+    proposals: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's training batches, epoch after epoch, without end.
 
@@ -240,6 +241,9 @@ def train_batches(
       box_valid, difficult: (b, G) bool.
       image_index: (b,) int32, the row's index into ``dataset.annotations``.
       epoch, index: (b,) int64.
+      proposals, proposal_valid: (b, P, 4) float32 / (b, P) bool, with ``proposals``
+        (``ssl_jax.detection.proposals.load``: (num_images, P, 4) continuous original pixels and
+        their validity) given: resized and flipped as the ground truth.
     Images with more than ``max_boxes`` boxes keep the first ones (``truncated_count``).
 
     Raises:
@@ -283,7 +287,32 @@ def train_batches(
             epoch, first = epoch + 1, 0
 
     for plan, images in _decoded(dataset, layout, plans(), workers):
-        yield _train_batch(dataset, layout, plan, images, max_boxes)
+        batch = _train_batch(dataset, layout, plan, images, max_boxes)
+        if proposals is not None:
+            _add_proposals(batch, layout, plan, proposals)
+        yield batch
+
+
+def _add_proposals(
+    batch: dict[str, np.ndarray],
+    layout: _Layout,
+    plan: _Plan,
+    proposals: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Each row's proposals in its resized (and flipped) image; zeros for padding rows."""
+    boxes, valid = proposals
+    b = len(plan.images)
+    batch["proposals"] = np.zeros((b, *boxes.shape[1:]), np.float32)
+    batch["proposal_valid"] = np.zeros((b, boxes.shape[1]), bool)
+    for row, (i, flipped) in enumerate(zip(plan.images, plan.flips, strict=True)):
+        if i < 0:
+            continue
+        resized = np.asarray(boxes[i], np.float32) * layout.scale[i]
+        if flipped:
+            width = layout.resized[i, 1]
+            resized[:, [0, 2]] = width - resized[:, [2, 0]]
+        batch["proposals"][row] = resized
+        batch["proposal_valid"][row] = valid[i]
 
 
 def _train_batch(
@@ -348,6 +377,7 @@ def test_batches(
     size_divisor: int = 32,
     bucket_step: int = 128,
     workers: int = 4,
+    proposals: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's evaluation batches: every image once, unflipped, in ``num_test_batches``
     global batches.
@@ -360,6 +390,7 @@ def test_batches(
       image: (b, Hp, Wp, 3) uint8; image_hw: (b, 2) int32 resized (height, width);
       valid: (b,) bool; image_index: (b,) int32 into ``dataset.annotations``, -1 for padding;
       scale: (b,) float32, resized / original pixels (``to_original`` maps boxes back).
+      proposals, proposal_valid: with ``proposals`` given, as in ``train_batches``.
     """
     local = _local_batch(global_batch, process_index, process_count)
     layout = _layout(dataset, short_side, max_side, size_divisor, bucket_step)
@@ -389,6 +420,8 @@ def test_batches(
         for row, image in enumerate(images):
             if image is not None:
                 _paste(batch, row, image)
+        if proposals is not None:
+            _add_proposals(batch, layout, plan, proposals)
         yield batch
 
 

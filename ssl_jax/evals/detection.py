@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ssl_jax import config_lib, paths
@@ -57,8 +57,15 @@ TRAIN_SETS = {"voc07": ("2007",), "voc0712": ("2007", "2012")}
 WEIGHTS_FILE = "detection_weights.json"
 DETECTIONS_FILE = "detections.json"
 PICTURE_FILE = "detections.png"
-# PROTOCOLS.md: Faster R-CNN 50k iterations (x0.1 at 38k), Fast R-CNN 30k (x0.1 at 22k).
-SCHEDULES = {"rpn": (50_000, (38_000,)), "file": (30_000, (22_000,))}
+# (steps, decay steps) by (proposals, training set): PROTOCOLS.md's VOC07 recipe (Faster R-CNN
+# 50k iterations, x0.1 at 38k; Fast R-CNN 30k, x0.1 at 22k) and FAIR's longer VOC07+12 ones
+# (its configs/benchmark_tasks/object_detection_frozen/voc0712: 100k / 65k and 80k / 66k).
+SCHEDULES = {
+    ("rpn", "voc07"): (50_000, (38_000,)),
+    ("file", "voc07"): (30_000, (22_000,)),
+    ("rpn", "voc0712"): (100_000, (65_000,)),
+    ("file", "voc0712"): (80_000, (66_000,)),
+}
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -128,8 +135,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.optim.bias_lr_factor = 2.0  # Detectron: biases at 2x the rate, no weight decay
     c.optim.warmup_steps = 500
     c.optim.warmup_factor = 1.0 / 3.0
-    c.optim.steps = 0  # 0: 50,000 (RPN) / 30,000 (proposals file)
-    c.optim.decay_steps = ()  # (): (38,000,) / (22,000,)
+    c.optim.steps = 0  # 0: the recipe's (SCHEDULES: by proposals and training set)
+    c.optim.decay_steps = ()  # (): the recipe's
     c.optim.decay_factor = 0.1
 
     c.test = ml_collections.ConfigDict()
@@ -199,7 +206,9 @@ def runlocal(c: ml_collections.ConfigDict, devkit: str = "") -> None:
 def schedule_of(config: ml_collections.ConfigDict) -> tuple[int, tuple[int, ...]]:
     """(steps, decay steps): the config's, or the recipe's for RPN / proposals-file training."""
     kind = "rpn" if config.proposals.source == "rpn" else "file"
-    steps, decay = SCHEDULES[kind]
+    steps, decay = SCHEDULES[
+        kind, config.data.train if config.data.train in TRAIN_SETS else "voc07"
+    ]
     if config.optim.steps:
         steps = int(config.optim.steps)
         decay = tuple(config.optim.decay_steps)
@@ -390,8 +399,10 @@ def _fetch(tree: Any) -> Any:
 class DetectionBenchmark:
     """VOC detection with a C4 detector on a pretrained ResNet (``ssl_jax.evals.base``)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, task: Pretext):
-        self.config, self.task = config, task
+    def __init__(
+        self, config: ml_collections.ConfigDict, task: Pretext, *, mesh: Mesh | None = None
+    ):
+        self.config, self.task, self.mesh = config, task, mesh
         model = task.config.model
         if model.name != "resnet":
             raise config_lib.ConfigError(
@@ -418,7 +429,7 @@ class DetectionBenchmark:
                 "frozen) to 4 (stem..res4 frozen: the paper's frozen conv body); 2 is "
                 "Detectron's default (full fine-tuning)."
             )
-        devices, processes = jax.device_count(), jax.process_count()
+        devices, processes = (mesh.size if mesh else jax.device_count()), jax.process_count()
         for key, value in (
             ("optim.batch_size", o.batch_size),
             ("test.batch_size", config.test.batch_size),
@@ -486,7 +497,7 @@ class DetectionBenchmark:
 
         config, task = self.config, self.task
         start_time = time.perf_counter()
-        mesh = loop.make_mesh()
+        mesh = self.mesh or loop.make_mesh()
         replicated = NamedSharding(mesh, P())
         batch_sharding = NamedSharding(mesh, P("data"))
         # The batches must split over the processes and devices (ConfigError otherwise).
