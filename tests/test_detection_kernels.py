@@ -133,28 +133,36 @@ HAND_ANCHORS = [
     [58, 0, 78, 20],  # 4: IoU .5 with gt1, its best (tied with 5) -> positive
     [78, 0, 98, 20],  # 5: IoU .5 with gt1 -> positive
     [10, 10, 30, 30],  # 6: IoU .25 with gt0 -> negative
-    [10, 10, 40, 40],  # 7: IoU .5625 -> ignored
+    [10, 10, 40, 40],  # 7: IoU .5625 with gt0; the best inside anchor for gt3 -> positive
+    [60, 70, 100, 90],  # 8: x2 = width is outside (x2 < width is inside) -> ignored
+    [0, 80, 20, 100],  # 9: y2 = height is outside -> ignored
 ]
-HAND_GT = [[10, 10, 50, 50], [58, 0, 98, 20], [60, 60, 90, 90]]
-HAND_GT_VALID = [True, True, False]
+HAND_GT = [
+    [10, 10, 50, 50],  # gt0
+    [58, 0, 98, 20],  # gt1
+    [60, 60, 90, 90],  # padding
+    [-4, 30, 12, 40],  # gt3: IoU .15 with anchor 2 (outside), .019 with 7, .012 with 0
+    [0, 52, 5, 58],  # gt4: overlaps no anchor, so it makes no positive
+]
+HAND_GT_VALID = [True, True, False, True, True]
 
 
 def test_label_anchors_hand_made():
     anchors = np.array(HAND_ANCHORS, np.float32)
     labels, matched = _label(anchors, HAND_GT, HAND_GT_VALID, [100, 100], batch_size=256)
-    np.testing.assert_array_equal(labels, [1, 0, -1, -1, 1, 1, 0, -1])
+    np.testing.assert_array_equal(labels, [1, 0, -1, -1, 1, 1, 0, 1, -1, -1])
     assert matched[0] == 0 and matched[4] == 1 and matched[5] == 1
-    assert np.all(matched < 2)  # never the padding box
+    assert np.all(matched != 2)  # never the padding box
 
     # Break the tie: only the strictly best anchor of gt1 is positive, the other is ignored.
     anchors[5] = [78, 0, 98, 19]  # IoU 380 / 820 < .5
     labels, _ = _label(anchors, HAND_GT, HAND_GT_VALID, [100, 100])
-    np.testing.assert_array_equal(labels, [1, 0, -1, -1, 1, -1, 0, -1])
+    np.testing.assert_array_equal(labels, [1, 0, -1, -1, 1, -1, 0, 1, -1, -1])
 
-    # A straddle margin lets anchor 2 in (max IoU .29 < .3: negative); anchor 3 stays out
-    # (x2 = 110 is not < 100 + 10).
+    # A straddle margin of 10 lets anchors 2, 8 and 9 in; anchor 3 stays out (110 is not < 110).
+    # Anchor 2 is now gt3's best (positive), so anchor 7 falls back to ignored (IoU .5625).
     labels, _ = _label(anchors, HAND_GT, HAND_GT_VALID, [100, 100], straddle=10.0)
-    np.testing.assert_array_equal(labels, [1, 0, 0, -1, 1, -1, 0, -1])
+    np.testing.assert_array_equal(labels, [1, 0, 1, -1, 1, -1, 0, -1, 0, 0])
 
 
 def test_label_anchors_best_anchor_below_negative_iou_is_positive():
@@ -162,6 +170,11 @@ def test_label_anchors_best_anchor_below_negative_iou_is_positive():
     gt = np.array([[0, 0, 40, 40]], np.float32)  # best IoU 100 / 1600 < .3
     labels, _ = _label(anchors, gt, [True], [100, 100])
     np.testing.assert_array_equal(labels, [1, 0])
+    # It is not also a negative candidate: with room for one negative, that is always anchor 1.
+    anchors = np.concatenate([anchors, [[60, 60, 70, 70]]]).astype(np.float32)
+    for seed in range(6):
+        labels, _ = _label(anchors, gt, [True], [100, 100], seed=seed, batch_size=2)
+        assert labels[0] == 1 and (labels == 0).sum() == 1
 
 
 def _grid_case():
