@@ -132,7 +132,10 @@ def rpn_losses(
             positive_iou=settings.rpn_positive_iou, negative_iou=settings.rpn_negative_iou,
             straddle=settings.rpn_straddle,
         )  # fmt: skip
-        return labels, boxes_lib.encode(anchors, gt[matched])
+        # Only positives regress; the others encode against themselves (zero deltas), never
+        # against a padding box (log 0 would turn the masked loss's gradient into NaN).
+        target = jnp.where((labels == 1)[:, None], gt[matched], anchors)
+        return labels, boxes_lib.encode(anchors, target)
 
     labels, targets = jax.vmap(one)(
         batch["boxes"], batch["box_valid"], batch["image_hw"], jax.random.split(rng, b)
@@ -186,9 +189,13 @@ def box_losses(
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, classes)
     cls = jnp.sum(jnp.where(valid, ce, 0.0)) / count
     chosen = jnp.take_along_axis(deltas, classes[..., None, None], axis=2)[..., 0, :]
-    targets = boxes_lib.encode(rois["rois"], rois["targets"], settings.box_weights)
-    per_roi = smooth_l1(chosen - targets, settings.box_beta).sum(-1)
     fg = valid & (classes > 0)
+    # Background and padding RoIs encode against a unit box (zero-size RoIs would give NaN).
+    unit = jnp.asarray([0.0, 0.0, 1.0, 1.0], jnp.float32)
+    sources = jnp.where(fg[..., None], rois["rois"], unit)
+    targets = boxes_lib.encode(sources, jnp.where(fg[..., None], rois["targets"], unit),
+                               settings.box_weights)  # fmt: skip
+    per_roi = smooth_l1(chosen - targets, settings.box_beta).sum(-1)
     box = jnp.sum(jnp.where(fg, per_roi, 0.0)) / count
     accuracy = jnp.sum(jnp.where(valid, jnp.argmax(logits, -1) == classes, False)) / count
     return {"loss_cls": cls, "loss_box": box, "accuracy": accuracy, "fg_rois": jnp.mean(
