@@ -30,7 +30,7 @@ Arguments (after a colon, comma-separated):
   devkit=PATH          a VOCdevkit folder instead of TFDS.
   data_dir=D           TFDS data_dir (voc/2007, voc/2012 prepared there; never downloaded).
   runlocal             the shared two-class set (raccoons, kangaroos; ../shared/data/detection),
-                       short side 320, 600 steps of 4 images: about 10 minutes on 2 CPU cores
+                       short side 320, 400 steps of 4 images: about 5 minutes on 2 CPU cores
                        with the CIFAR ResNet-18 trunks of RESULTS.md (from a pretrained workdir,
                        or --config.random_init=True for the same trunk with fresh weights).
 
