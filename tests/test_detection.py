@@ -261,6 +261,7 @@ def finished_run(task, devkit, tmp_path_factory):
     return workdir, metrics
 
 
+@pytest.mark.slow
 def test_run_writes_results_detections_and_picture(finished_run, devkit):
     workdir, metrics = finished_run
     results = json.load(open(os.path.join(workdir, "results.json")))
@@ -293,6 +294,7 @@ def test_run_writes_results_detections_and_picture(finished_run, devkit):
     assert rescored["mAP"] == pytest.approx(results["mAP"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_rerun_resumes_finished_and_refuses_other_weights(finished_run, task, devkit):
     workdir, metrics = finished_run
     mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
@@ -303,6 +305,7 @@ def test_rerun_resumes_finished_and_refuses_other_weights(finished_run, task, de
         det.DetectionBenchmark(c, task, mesh=mesh).run(trunk_weights(task, seed=5), workdir)
 
 
+@pytest.mark.slow
 def test_fast_rcnn_on_a_proposals_file(task, devkit, tmp_path):
     """Fast R-CNN on a Detectron-format proposals pickle (jittered ground truth plus random
     boxes), one file for both splits."""
