@@ -219,6 +219,8 @@ class JaxDetector:
         start = time.perf_counter()
         self.detect_compiled = detect.lower(self.variables(), self.test_batch).compile()
         self.detect_compile_s = time.perf_counter() - start
+        self.train_gflops = _gflops(self.train_compiled)
+        self.detect_gflops = _gflops(self.detect_compiled)
         self.features = jax.jit(
             lambda v, images, hw: self.model.apply(
                 v, det.trunk_inputs(task, images, hw), method="features"
@@ -252,6 +254,19 @@ class JaxDetector:
 
     def detections_per_image(self) -> float:
         return float(np.mean(np.sum(np.asarray(self.last_detections["valid"]), axis=1)))
+
+
+def _gflops(compiled) -> float | None:
+    """XLA's own count of a compiled step's floating-point operations (GFLOP; loops such as
+    NMS's are counted once, convolutions and matmuls exactly)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # not every backend reports it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    flops = (cost or {}).get("flops")
+    return None if flops is None else float(flops) / 1e9
 
 
 def image_shape_from(batch) -> tuple[int, int]:
@@ -586,6 +601,20 @@ def run(args, torch_device: str | None) -> dict:
         f"{jdet.detect_compile_s:.1f} s",
         flush=True,
     )
+    print(
+        f"  jax: XLA's count: train step {jdet.train_gflops or float('nan'):.1f} GFLOP, detect "
+        f"step {jdet.detect_gflops or float('nan'):.1f} GFLOP",
+        flush=True,
+    )
+    if args.cost_only:
+        return {
+            "cost_only": True,
+            "train_gflops": jdet.train_gflops,
+            "detect_gflops": jdet.detect_gflops,
+            "train_compile_s": jdet.train_compile_s,
+            "detect_compile_s": jdet.detect_compile_s,
+            "padded_hw": list(jdet.padded),
+        }
     tdet, feature_diff = None, None
     if torch_device is not None:
         tdet = TorchDetector(
@@ -650,6 +679,8 @@ def run(args, torch_device: str | None) -> dict:
     result["jax"] = {
         "params": jdet.num_params,
         "train_compile_s": jdet.train_compile_s,
+        "train_gflops": jdet.train_gflops,
+        "detect_gflops": jdet.detect_gflops,
         "detect_compile_s": jdet.detect_compile_s,
         "train": summarise(times[("jax", "train")], args.batch),
         "infer": summarise(times[("jax", "infer")], args.batch),
@@ -750,6 +781,11 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     parser.add_argument("--paper", action="store_true", help="the paper's sizes (a GPU's)")
     parser.add_argument("--no_torch", action="store_true")
+    parser.add_argument(
+        "--cost_only",
+        action="store_true",
+        help="compile the JAX steps and print XLA's FLOP counts only (no timing, no torch)",
+    )
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "detection.json"))  # fmt: skip
     args = parser.parse_args(argv)
@@ -762,6 +798,8 @@ def main(argv=None) -> int:
         args.dtype = "bfloat16" if on_accelerator else "float32"
     info = machine_info()
     torch_device, torch_note = None, None
+    if args.cost_only:
+        args.no_torch = True
     if not args.no_torch:
         try:
             import torch
@@ -783,6 +821,9 @@ def main(argv=None) -> int:
     if torch_note:
         print(torch_note)
     result = run(args, torch_device)
+    if result.get("cost_only"):
+        print(json.dumps(result, indent=2))
+        return 0
     if result["torch"] is not None:
         info["torch_threads"] = result["torch"]["threads"]
     table = markdown_table(result)
