@@ -17,11 +17,23 @@ batch scales the rate linearly (``--config.optim.batch_size=16`` gives lr 0.008;
 and step counts stay as set). E/results.json has per-class AP (VOC2007 11-point, and
 all-points), E/detections.json every detection, E/detections.png a few test images.
 
-Paper numbers it should reproduce (Goyal et al. 2019, detection tables; ImageNet-1k ResNet-50):
-see README.md, "Detection", which quotes them with their source.
+Paper numbers it should reproduce: the VOC07 rows of Goyal et al.'s detection tables (frozen
+conv body, and full fine-tuning) for supervised and Jigsaw ImageNet-1k ResNet-50s (FAIR's
+released detection models: MODEL_ZOO.md, imported with ``python -m ssl_jax.weights import
+--format=fssb``). The numbers themselves could not be read here: no copy of the paper's tables
+was reachable from this machine (the stored copies end before section 7), so none is quoted
+rather than one from memory. Look them up in the paper (arXiv 1905.01235, section 7.3 and the
+appendix) before comparing.
 
-Expected time: an estimate from this library's CPU measurements and the GPU benchmark in
-BENCHMARKS.md ("Detection"); see that section.
+Expected time (an ESTIMATE, not measured on a GPU): XLA's count for the paper's sizes
+(``python benchmarks/detection.py --paper --cost_only``) is 9.2 TFLOP per train step of 4
+images with the body frozen (10.7 fine-tuned) and 6.6 TFLOP per 4 test images (1,000 RoIs each
+through res5). At an assumed 100 TFLOP/s sustained in bfloat16 per A100/H100-class GPU, plus
+about 30 ms per step for the RPN's sequential NMS loop (2,000 picks), the 50,000 steps take
+about 1.7 hours on one GPU and, data-parallel over 4 GPUs (the paper's batch of 4 is one image
+per device; 8 GPUs need ``optim.batch_size=8``, which doubles the rate), about half an hour to
+an hour; the 4,952 test images a few minutes. A TPU v4-8 (4 chips) is in the same range. The
+2-core CPU here runs the runlocal setting at about 8 images/s (RESULTS.md, "Detection").
 
 Arguments (after a colon, comma-separated):
   freeze_at=4|2        4: stem..res4 frozen (the paper's frozen conv body); 2: full fine-tuning.
