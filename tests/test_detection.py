@@ -228,6 +228,7 @@ def test_steps_lower_the_loss_and_frozen_parameters_stay(task, devkit):
         assert np.isfinite(float(metrics[name])) and float(metrics[name]) >= 0
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one(task, devkit):
     if jax.device_count() < 8:
         pytest.skip("needs 8 (virtual) devices")

@@ -10,7 +10,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ssl_jax.models import AlexNet, GroupedBatchNorm, ResNet, make_trunk
 from ssl_jax.models.alexnet import local_response_norm
-from ssl_jax.models.resnet import _Block
+from ssl_jax.models.resnet import Block
 
 TINY = 1 / 16  # ResNet width for real forward passes: stem 4 channels, res5 32 or 128.
 
@@ -284,7 +284,7 @@ def test_resnet_bfloat16(tiny_x):
 @pytest.mark.parametrize("zero_init_residual", [False, True])
 def test_resnet_block_init(zero_init_residual):
     # A basic block without downsampling has one kernel shape: one random-normal compile.
-    block = _Block(
+    block = Block(
         kind="basic",
         planes=32,
         stride=1,

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from ssl_jax.detection import roi_align as roi_align_lib
 from ssl_jax.models.batchnorm import GroupedBatchNorm
-from ssl_jax.models.resnet import EXPANSION, _Block, _stages, conv_init, scaled_channels
+from ssl_jax.models.resnet import EXPANSION, Block, conv_init, scaled_channels, stages
 
 BODY_STAGES = ("conv1", "bn1", "res2", "res3", "res4")
 
@@ -51,7 +51,7 @@ class _Stages(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        kind, blocks = _stages(self.depth)
+        kind, blocks = stages(self.depth)
         if self.first == 1:
             x = nn.Conv(
                 scaled_channels(64, self.width),
@@ -71,7 +71,7 @@ class _Stages(nn.Module):
         for stage in range(max(self.first, 2), self.last + 1):
             planes = scaled_channels(64 * 2 ** (stage - 2), self.width)
             for i in range(blocks[stage - 2]):
-                x = _Block(
+                x = Block(
                     kind=kind,
                     planes=planes,
                     stride=(1 if stage == 2 else 2) if i == 0 else 1,
@@ -93,7 +93,7 @@ class _Stages(nn.Module):
 
 
 def res4_channels(depth: int, width: float) -> int:
-    kind, _ = _stages(depth)
+    kind, _ = stages(depth)
     return scaled_channels(256, width) * EXPANSION[kind]
 
 

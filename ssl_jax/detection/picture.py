@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from ssl_jax import paths
 
@@ -48,7 +49,6 @@ def draw(
 
     The picture is ``rows * cell height (+ 20 with a title)`` by ``columns * cell width``.
     """
-    from PIL import Image, ImageDraw, ImageFont
 
     if len(images) != len(detections) or not len(images):
         raise ValueError(

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from xml.etree import ElementTree
 
 import numpy as np
+from PIL import Image
 
 from ssl_jax import paths
 from ssl_jax.config_lib import ConfigError
@@ -231,7 +232,6 @@ def _parse_xml(xml_path: str) -> tuple[int, int, list[tuple[str, tuple, bool]]]:
 
 
 def _image_size(image: bytes) -> tuple[int, int]:
-    from PIL import Image
 
     with Image.open(io.BytesIO(image)) as im:
         return im.size

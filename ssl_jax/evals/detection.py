@@ -30,19 +30,20 @@ import sys
 import time
 from typing import Any
 
+import cv2
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ssl_jax import config_lib, paths
 from ssl_jax.detection import inputs as inputs_lib
 from ssl_jax.detection import model as model_lib
-from ssl_jax.detection import rcnn
+from ssl_jax.detection import picture, rcnn, score, voc, voc_eval
+from ssl_jax.detection import proposals as proposals_lib
 from ssl_jax.evals import base
 from ssl_jax.evals import features as features_lib
 from ssl_jax.pretext import Pretext, compute_dtype
@@ -386,12 +387,8 @@ def make_detect_step(task, model, settings):
 
 
 def _fetch(tree: Any) -> Any:
-    """A pytree of global arrays, fully on every process."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    return jax.tree.map(
-        lambda v: np.asarray(multihost_utils.process_allgather(v, tiled=True)), tree
-    )
+    """A pytree of replicated global arrays on the host (every process holds a full copy)."""
+    return jax.tree.map(lambda v: np.asarray(v.addressable_data(0)), tree)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,8 +458,6 @@ class DetectionBenchmark:
     # -- data ---------------------------------------------------------------------------------
 
     def _read(self, split: str, years: tuple[str, ...]):
-        from ssl_jax.detection import voc
-
         d = self.config.data
         classes: Any = {"voc": None, "auto": "auto"}.get(d.classes)
         if classes is None and d.classes != "voc":
@@ -485,8 +480,6 @@ class DetectionBenchmark:
         return out
 
     def _proposals(self, dataset, split: str, max_proposals: int):
-        from ssl_jax.detection import proposals as proposals_lib
-
         path = self.config.proposals.source.replace("{split}", split)
         return proposals_lib.load(path, dataset, max_proposals=max_proposals)
 
@@ -495,8 +488,6 @@ class DetectionBenchmark:
     def run(self, weights: base.Weights, workdir: str) -> dict[str, float]:
         """Trains the detector (resuming from workdir's checkpoint), detects every test image,
         scores them, writes the results; returns {"mAP", "mAP_all_points"} (%)."""
-        from ssl_jax.detection import voc
-
         config, task = self.config, self.task
         start_time = time.perf_counter()
         mesh = self.mesh or loop.make_mesh()
@@ -618,8 +609,6 @@ class DetectionBenchmark:
                 detections.extend(_to_records(out, test_set, classes))
             return detections
 
-        from ssl_jax.detection import picture, score, voc_eval
-
         test_start = time.perf_counter()
         detections = test(-1)
         test_seconds = time.perf_counter() - test_start
@@ -640,7 +629,8 @@ class DetectionBenchmark:
             "steps": run_plan.total_steps,
             "lr": run_plan.peak_lr,
             "train": {"dataset": train_set.name, "images": train_set.num_images,
-                      "skipped": dict(train_set.skipped)},
+                      "skipped": dict(train_set.skipped),
+                      "box_truncations": inputs_lib.truncated_count()},
             "test": {"dataset": test_set.name, "images": test_set.num_images,
                      "skipped": dict(test_set.skipped), "detections": len(detections)},
             "train_metrics": outcome.metrics,
@@ -652,7 +642,7 @@ class DetectionBenchmark:
         if base.is_leader():
             score.write_detections(paths.join(workdir, DETECTIONS_FILE), detections)
             _picture(test_set, detections, paths.join(workdir, PICTURE_FILE),
-                     int(config.test.picture_images), weights.description, picture)  # fmt: skip
+                     int(config.test.picture_images), weights.description)  # fmt: skip
         base.write_results(workdir, results, table)
         _log.info("\n%s", table)
         return {"mAP": results["mAP"], "mAP_all_points": results["mAP_all_points"]}
@@ -684,9 +674,7 @@ def _to_records(out: dict[str, np.ndarray], dataset, classes) -> list[dict[str, 
     return records
 
 
-def _picture(dataset, detections, path, count, title, picture) -> None:
-    import cv2
-
+def _picture(dataset, detections, path, count, title) -> None:
     if count <= 0:
         return
     by_image: dict[str, list] = {}
@@ -753,8 +741,6 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    from ssl_jax.detection import score
-
     return score.main(argv[2:])
 
 

@@ -49,7 +49,7 @@ def scaled_channels(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
-def _stages(depth: int) -> tuple[str, tuple[int, int, int, int]]:
+def stages(depth: int) -> tuple[str, tuple[int, int, int, int]]:
     if depth not in STAGES:
         raise ValueError(
             f"Unknown ResNet depth {depth}; allowed: {sorted(STAGES)}. Set config.model.depth."
@@ -57,7 +57,7 @@ def _stages(depth: int) -> tuple[str, tuple[int, int, int, int]]:
     return STAGES[depth]
 
 
-class _Block(nn.Module):
+class Block(nn.Module):
     """One residual block (basic or bottleneck), output after the final ReLU."""
 
     kind: str
@@ -157,7 +157,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
 
     def __post_init__(self):
-        _stages(self.depth)
+        stages(self.depth)
         if self.res5_stride not in (1, 2):
             raise ValueError(
                 f"res5_stride must be 1 or 2, got {self.res5_stride}; set config.model.res5_stride."
@@ -175,12 +175,12 @@ class ResNet(nn.Module):
     @property
     def num_features(self) -> int:
         """Width of `pooled` (and channels of the res5 tap): 2048 * width for ResNet-50."""
-        kind, _ = _stages(self.depth)
+        kind, _ = stages(self.depth)
         return scaled_channels(512, self.width) * EXPANSION[kind]
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-        kind, blocks = _stages(self.depth)
+        kind, blocks = stages(self.depth)
         taps = {}
         x = nn.Conv(
             scaled_channels(64, self.width),
@@ -211,7 +211,7 @@ class ResNet(nn.Module):
             if stage == 3 and self.res5_stride == 1:
                 stride, dilation = 1, self.res5_dilation
             for i in range(num_blocks):
-                x = _Block(
+                x = Block(
                     kind=kind,
                     planes=planes,
                     stride=stride if i == 0 else 1,
