@@ -1,16 +1,13 @@
-"""One convolution entry point for every trunk, with CPU-only rewrites of slow XLA paths.
+"""One convolution entry point for every trunk, with two CPU-only rewrites of slow XLA paths.
 
-XLA's CPU backend runs three kinds of convolution through a slow generic path:
+XLA's CPU backend runs two kinds of convolution through a slow generic path:
 - grouped convolutions (``feature_group_count > 1``): the kernel gradient of AlexNet's conv2
   shape (288x13x13x64, 2 groups) is about 19x slower than two ungrouped convolutions of half
   the width;
 - spatial convolutions whose output map is at most 2x2 (a ResNet-50's res5 on 64-pixel Jigsaw
-  tiles): a 3x3 conv on 36x2x2x512 -> 512 took 382 ms against 3.9 ms as nine shifted matmuls;
-- 1x1 convolutions, whose kernel gradient is 2 to 4x slower than the same matmul's (forward
-  and backward of a bottleneck's 32x56x56x64 -> 256: 1146 ms against 625 ms).
-On CPU, ``conv_general_dilated`` rewrites them into fast equivalents (one convolution per
-group; im2col + one matmul; a strided slice + one matmul); the results are the same to float
-rounding. GPUs and TPUs always take
+  tiles): a 3x3 conv on 36x2x2x512 -> 512 took 382 ms against 3.9 ms as nine shifted matmuls.
+On CPU, ``conv_general_dilated`` rewrites both into fast equivalents (one convolution per group;
+im2col + one matmul); the results are the same to float rounding. GPUs and TPUs always take
 ``lax.conv_general_dilated`` as it is. Expects NHWC inputs and HWIO kernels, as flax's Conv uses.
 """
 
@@ -83,7 +80,7 @@ def _im2col_applies(lhs, rhs, strides, padding, lhs_dilation) -> bool:
         return False
     kh, kw = rhs.shape[:2]
     if kh * kw == 1:
-        return True  # a matmul (over a strided slice)
+        return False
     return all(
         _out_size(lhs.shape[1 + i], rhs.shape[i], strides[i], padding[i], 1) <= SMALL_MAP
         for i in range(2)
