@@ -96,7 +96,8 @@ from ssl_jax import config_lib, tasks  # noqa: E402
 from ssl_jax.detection import inputs as inputs_lib  # noqa: E402
 from ssl_jax.detection import model as model_lib  # noqa: E402
 from ssl_jax.evals import detection as det  # noqa: E402
-from ssl_jax.models.resnet import EXPANSION, _stages, scaled_channels  # noqa: E402
+from ssl_jax.models import resnet  # noqa: E402
+from ssl_jax.models.resnet import EXPANSION, scaled_channels  # noqa: E402
 from ssl_jax.train import loop  # noqa: E402
 from ssl_jax.train import optim as optim_lib  # noqa: E402
 
@@ -284,7 +285,7 @@ def torch_resnet_stages(depth: int, width: float):
     from torchvision.models import resnet as tv_resnet
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    kind, blocks = _stages(depth)
+    kind, blocks = resnet.stages(depth)
     block = tv_resnet.Bottleneck if kind == "bottleneck" else tv_resnet.BasicBlock
     stem_width = scaled_channels(64, width)
     stem = nn.Sequential(
@@ -314,7 +315,7 @@ def torch_resnet_stages(depth: int, width: float):
 
 
 def res5_channels(depth: int, width: float) -> int:
-    kind, _ = _stages(depth)
+    kind, _ = resnet.stages(depth)
     return scaled_channels(512, width) * EXPANSION[kind]
 
 
