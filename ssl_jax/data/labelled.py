@@ -33,6 +33,7 @@ from ssl_jax import paths
 from ssl_jax.data.demo import demo_source
 from ssl_jax.data.files import FileSource, filelist_source, folder_source
 from ssl_jax.data.tfds_source import TfdsSource, stored_order, tfds_source
+from ssl_jax.detection.voc import devkit_root
 from ssl_jax.evals.base import LABELLED_SOURCES
 
 _log = logging.getLogger(__name__)
@@ -347,20 +348,6 @@ def voc07_tfds(
 # VOC from an extracted VOCdevkit folder.
 
 
-def _devkit_root(path: str, year: str, config_key: str) -> str:
-    """The VOC<year> folder: `path` itself or path/VOC<year>."""
-    path = path.rstrip("/") or "/"
-    candidates = (path, paths.join(path, f"VOC{year}"))
-    for root in candidates:
-        if paths.isdir(paths.join(root, "ImageSets", "Main")):
-            return root
-    raise FileNotFoundError(
-        f"{config_key}.path={path!r} is not a VOCdevkit: found no ImageSets/Main in "
-        f"{' or '.join(candidates)}. Point {config_key}.path at VOCdevkit/ or "
-        f"VOCdevkit/VOC{year}/ (set {config_key}.year for another year)."
-    )
-
-
 def _read_devkit_class_file(list_path: str) -> tuple[list[str], list[int]]:
     """Parses ImageSets/Main/<class>_<split>.txt: lines "<id> <1|-1|0>" -> (ids, our labels)."""
     ids, labels = [], []
@@ -399,7 +386,7 @@ def vocdevkit(
         FileNotFoundError: no ImageSets/Main, a missing class file, or missing JPEGs (named).
         ValueError: malformed lines, or class files that list different images.
     """
-    root = _devkit_root(path, year, config_key)
+    root = devkit_root(path, year, config_key)
     main = paths.join(root, "ImageSets", "Main")
     missing = [c for c in VOC_CLASSES if not paths.exists(paths.join(main, f"{c}_{split}.txt"))]
     if missing:

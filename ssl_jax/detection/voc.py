@@ -192,7 +192,7 @@ def _log_skipped(name: str, skipped: Mapping[str, int]) -> None:
 # An extracted VOCdevkit folder.
 
 
-def _devkit_root(path: str, year: str, config_key: str) -> str:
+def devkit_root(path: str, year: str, config_key: str) -> str:
     """The VOC<year> folder: ``path`` itself or path/VOC<year>."""
     path = path.rstrip("/") or "/"
     candidates = (path, paths.join(path, f"VOC{year}"))
@@ -271,7 +271,7 @@ def read_devkit(
         ValueError: a malformed XML (named).
         ConfigError: an object class not in ``classes`` (the name, the file and the fix).
     """
-    root = _devkit_root(path, year, config_key)
+    root = devkit_root(path, year, config_key)
     list_path = paths.join(root, "ImageSets", "Main", f"{split}.txt")
     if not paths.exists(list_path):
         raise FileNotFoundError(

@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 
 from ssl_jax import config_lib, paths
 from ssl_jax.pretext import Pretext
+from ssl_jax.train import checkpoint as ckpt_lib
 
 LABELLED_SOURCES = ("voc07_tfds", "vocdevkit", "tfds", "folder", "filelist", "demo")
 RESULTS_FILE = "results.json"
@@ -141,3 +142,19 @@ def write_results(workdir: str, results: dict[str, Any], table: str) -> None:
         paths.write_json(paths.join(workdir, RESULTS_FILE), results)
         paths.write_text(paths.join(workdir, TABLE_FILE), table)
     barrier(f"results {workdir}")
+
+
+def check_resumed_weights(workdir: str, filename: str, description: str, what: str) -> None:
+    """Refuses to resume a benchmark's checkpoint (``what``: "The heads", "The detector") that
+    was trained on other weights; records ``description`` in ``workdir/filename`` otherwise."""
+    path = paths.join(workdir, filename)
+    if ckpt_lib.saved_steps(workdir) and paths.isfile(path):
+        previous = paths.read_json(path)["weights"]
+        if previous != description:
+            raise ValueError(
+                f"{what} checkpointed in {workdir} trained on {previous!r}, not on "
+                f"{description!r}; use a new --workdir for other weights."
+            )
+    if is_leader():
+        paths.write_json(path, {"weights": description})
+    barrier(f"weights {workdir}")

@@ -47,7 +47,6 @@ from ssl_jax.detection import proposals as proposals_lib
 from ssl_jax.evals import base
 from ssl_jax.evals import features as features_lib
 from ssl_jax.pretext import Pretext, compute_dtype
-from ssl_jax.train import checkpoint as ckpt_lib
 from ssl_jax.train import loop
 from ssl_jax.train import optim as optim_lib
 
@@ -540,7 +539,7 @@ class DetectionBenchmark:
         state, _ = loop.create_state(
             init, lambda _: tx, config.seed, replicated, rng=jax.random.PRNGKey(config.seed + 1)
         )
-        _check_workdir(workdir, weights.description)
+        base.check_resumed_weights(workdir, WEIGHTS_FILE, weights.description, "The detector")
 
         train_step = jax.jit(
             make_train_step(task, model, settings, tx, schedule),
@@ -694,21 +693,6 @@ def _picture(dataset, detections, path, count, title) -> None:
         ])  # fmt: skip
     if images:
         picture.draw(images, drawn, path, title=title)
-
-
-def _check_workdir(workdir: str, description: str) -> None:
-    """Refuses to resume a detector that was trained from other weights."""
-    path = paths.join(workdir, WEIGHTS_FILE)
-    if ckpt_lib.saved_steps(workdir) and paths.isfile(path):
-        previous = paths.read_json(path)["weights"]
-        if previous != description:
-            raise ValueError(
-                f"The detector checkpointed in {workdir} was trained from {previous!r}, not "
-                f"from {description!r}; use a new --workdir for other weights."
-            )
-    if base.is_leader():
-        paths.write_json(path, {"weights": description})
-    base.barrier(f"detection weights {workdir}")
 
 
 def markdown_table(results: dict[str, Any]) -> str:

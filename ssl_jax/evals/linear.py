@@ -37,7 +37,6 @@ from ssl_jax.evals import base
 from ssl_jax.evals import features as features_lib
 from ssl_jax.models.batchnorm import GroupedBatchNorm
 from ssl_jax.pretext import Pretext
-from ssl_jax.train import checkpoint as ckpt_lib
 from ssl_jax.train import loop
 from ssl_jax.train import optim as optim_lib
 
@@ -387,7 +386,7 @@ class LinearBenchmark:
         )
         trunk = jax.device_put(features_lib.trunk_variables(weights.variables), replicated)
         feature_fn = features_lib.make_feature_fn(self.task, config.features, size)
-        _check_workdir(workdir, weights.description)
+        base.check_resumed_weights(workdir, WEIGHTS_FILE, weights.description, "The heads")
 
         train_step = jax.jit(
             make_train_step(feature_fn, heads, tx, schedule),
@@ -476,20 +475,6 @@ class LinearBenchmark:
 
 def _call_with_trunk(train_step, trunk, state, batch):
     return train_step(state, trunk, batch)
-
-
-def _check_workdir(workdir: str, description: str) -> None:
-    """Refuses to resume heads that were trained on other weights."""
-    path = paths.join(workdir, WEIGHTS_FILE)
-    if ckpt_lib.saved_steps(workdir) and paths.isfile(path):
-        previous = paths.read_json(path)["weights"]
-        if previous != description:
-            raise ValueError(
-                f"The heads checkpointed in {workdir} were trained on {previous!r}, not on "
-                f"{description!r}; use a new --workdir for other weights."
-            )
-    if base.is_leader():
-        paths.write_json(path, {"weights": description})
 
 
 def _test_scalars(counts: dict[str, int], layers) -> dict[str, float]:
