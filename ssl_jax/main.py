@@ -22,6 +22,9 @@ id by itself. Elsewhere (a plain cluster, or several processes on one machine) s
   SSL_JAX_COORDINATOR=HOST:PORT   address of process 0's coordinator service, e.g. 10.0.0.1:1234;
   SSL_JAX_NUM_PROCESSES=N         the number of processes;
   SSL_JAX_PROCESS_ID=I            this process, 0 ... N-1 (process 0 writes metrics.jsonl).
+SSL_JAX_HEARTBEAT_TIMEOUT_S=S (optional, any cluster) is how long the others wait for a process
+that stopped answering (killed, its host lost) before they stop too, naming it; JAX's default is
+100 s. ``python -m ssl_jax.local_pod`` starts such a run of N processes on this machine.
 Cross-process collectives on CPU go through gloo over TCP (JAX's default CPU collectives), so
   SSL_JAX_MULTIHOST=1 SSL_JAX_COORDINATOR=127.0.0.1:1234 SSL_JAX_NUM_PROCESSES=2 \
   SSL_JAX_PROCESS_ID=0 python -m ssl_jax.main ...   (and PROCESS_ID=1 in a second shell)
@@ -73,6 +76,7 @@ DISTRIBUTED_ENV = {
     "SSL_JAX_COORDINATOR": "coordinator_address",
     "SSL_JAX_NUM_PROCESSES": "num_processes",
     "SSL_JAX_PROCESS_ID": "process_id",
+    "SSL_JAX_HEARTBEAT_TIMEOUT_S": "heartbeat_timeout_seconds",
 }
 
 
@@ -94,6 +98,11 @@ def distributed_arguments(environ) -> dict[str, str | int]:
             kwargs[argument] = int(value)
         except ValueError:
             raise ValueError(f"{name}={value!r} is not an integer.") from None
+    if kwargs.get("heartbeat_timeout_seconds", 1) < 1:
+        raise ValueError(
+            f"SSL_JAX_HEARTBEAT_TIMEOUT_S={kwargs['heartbeat_timeout_seconds']} must be at "
+            "least 1 (seconds)."
+        )
     count, index = kwargs.get("num_processes"), kwargs.get("process_id")
     if count is not None and count < 1:
         raise ValueError(f"SSL_JAX_NUM_PROCESSES={count} must be at least 1.")
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
         force=True,  # absl (imported with JAX) may have configured the root logger already
     )
-    for noisy in ("absl", "orbax", "jax._src", "tensorflow"):
+    for noisy in ("absl", "orbax", "jax._src", "tensorflow", "gcsfs", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = config_lib.load_config(args.config)

@@ -261,5 +261,10 @@ def test_distributed_arguments_from_environment():
     ) == {"coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 1}
     with pytest.raises(ValueError, match="SSL_JAX_PROCESS_ID=2"):
         main_lib.distributed_arguments({"SSL_JAX_NUM_PROCESSES": "2", "SSL_JAX_PROCESS_ID": "2"})
+    assert main_lib.distributed_arguments({"SSL_JAX_HEARTBEAT_TIMEOUT_S": "20"}) == {
+        "heartbeat_timeout_seconds": 20
+    }
+    with pytest.raises(ValueError, match="SSL_JAX_HEARTBEAT_TIMEOUT_S=0"):
+        main_lib.distributed_arguments({"SSL_JAX_HEARTBEAT_TIMEOUT_S": "0"})
     with pytest.raises(ValueError, match="'two'"):
         main_lib.distributed_arguments({"SSL_JAX_NUM_PROCESSES": "two"})
