@@ -9,35 +9,97 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import time
 
+import jax
 import pytest
+
+from ssl_jax.train.metrics import read_metrics
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 TPU_VM = os.path.join(ROOT, "launch", "tpu_vm.sh")
 SLURM = os.path.join(ROOT, "launch", "slurm.sbatch")
 
-# Called only by the simulated SLURM job below; a dry run must call none of them.
+# Called only by the simulated SLURM jobs below; a dry run must call none of them. Expands a
+# comma-separated node list (no brackets) as the real one expands any.
 FAKE_SCONTROL = """#!/bin/bash
 echo "scontrol $*" >> "$MARKS"
-printf 'gpu-a\\ngpu-b\\n'
+tr , '\\n' <<<"$3"
 """
-# Runs `srun ... CMD` as SLURM would: --ntasks-per-node tasks on each of --nodes nodes.
+# Runs a job step as srun does: --ntasks-per-node tasks on each of the first --nodes nodes of the
+# job, all at once, each with the variables srun sets for a task (those JAX's SlurmCluster reads:
+# SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID). Waits for every
+# task and exits with the first failing task's code; with --kill-on-bad-exit=1 a failing task
+# gets the others SIGTERM, then SIGKILL after SRUN_KILL_WAIT seconds (Slurm's KillWait), each to
+# the task's whole process group as Slurm signals all of a task's processes. Task t's output goes
+# to $SRUN_OUTPUT_DIR/task<t>.log when that is set (srun --output=task%t.log).
 FAKE_SRUN = """#!/bin/bash
 echo "srun $*" >> "$MARKS"
-nodes=1; per=1
+set -m  # each task in its own process group
+signal_tasks() {
+  local pid
+  for pid in $(jobs -pr); do kill "-$1" -- "-$pid" 2>/dev/null; done
+}
+nodes=1 per=1 ntasks="" cpus="" kill_on_bad_exit=0
 while [[ "$1" == --* ]]; do
-  case "$1" in --nodes=*) nodes="${1#*=}" ;; --ntasks-per-node=*) per="${1#*=}" ;; esac
+  case "$1" in
+    --nodes=*) nodes="${1#*=}" ;;
+    --ntasks=*) ntasks="${1#*=}" ;;
+    --ntasks-per-node=*) per="${1#*=}" ;;
+    --cpus-per-task=*) cpus="${1#*=}" ;;
+    --kill-on-bad-exit=1) kill_on_bad_exit=1 ;;
+  esac
   shift
 done
+ntasks="${ntasks:-$((nodes * per))}"
+IFS=, read -r -a hosts <<<"$SLURM_JOB_NODELIST"
+step_nodes="$(IFS=,; echo "${hosts[*]:0:nodes}")"
 for ((n = 0; n < nodes; n++)); do
   for ((r = 0; r < per; r++)); do
-    SLURMD_NODENAME="node$n" SLURM_PROCID=$((n * per + r)) SLURM_LOCALID=$r \\
-      SLURM_NTASKS=$((nodes * per)) "$@" || exit 1
+    t=$((n * per + r))
+    (
+      export SLURM_JOBID="$SLURM_JOB_ID" SLURM_STEP_ID=0 SLURM_STEPID=0
+      export SLURM_STEP_NODELIST="$step_nodes" SLURM_NODELIST="$step_nodes"
+      export SLURM_STEP_NUM_NODES="$nodes" SLURM_NNODES="$nodes"
+      export SLURM_STEP_NUM_TASKS="$ntasks" SLURM_NTASKS="$ntasks" SLURM_NPROCS="$ntasks"
+      export SLURM_STEP_TASKS_PER_NODE="$per(x$nodes)" SLURM_TASKS_PER_NODE="$per(x$nodes)"
+      export SLURM_PROCID="$t" SLURM_LOCALID="$r" SLURM_NODEID="$n"
+      export SLURMD_NODENAME="${hosts[n]}" SLURM_TOPOLOGY_ADDR="${hosts[n]}"
+      if [[ -n "$cpus" ]]; then export SLURM_CPUS_PER_TASK="$cpus"; fi
+      if [[ -n "${SRUN_OUTPUT_DIR:-}" ]]; then exec "$@" >"$SRUN_OUTPUT_DIR/task$t.log" 2>&1; fi
+      exec "$@"
+    ) &
   done
 done
+trap 'signal_tasks TERM' TERM INT
+status=0
+while true; do
+  finished=""
+  wait -n -p finished
+  code=$?
+  if [[ -z "$finished" ]]; then
+    if [[ -n "$(jobs -pr)" ]]; then continue; fi  # a signal interrupted the wait
+    break
+  fi
+  if ((code != 0 && status == 0)); then
+    status=$code
+    echo "srun: error: task of pid $finished exited with exit code $code" >&2
+    if ((kill_on_bad_exit)) && [[ -n "$(jobs -pr)" ]]; then
+      echo "srun: error: terminating the job step (--kill-on-bad-exit)" >&2
+      signal_tasks TERM
+      for ((i = 0; i < ${SRUN_KILL_WAIT:-5} * 10; i++)); do
+        if [[ -z "$(jobs -pr)" ]]; then break; fi
+        sleep 0.1
+      done
+      signal_tasks KILL
+    fi
+  fi
+done
+exit "$status"
 """
 # Stands in for the trainer: records the devices and arguments each process got.
 FAKE_PYTHON = """#!/bin/bash
@@ -254,7 +316,7 @@ def test_slurm_job_runs_every_process(fake_bin, tmp_path, procs_per_node):
     bin_dir, _ = fake_bin
     env = {
         "SLURM_JOB_ID": "777",
-        "SLURM_JOB_NODELIST": "gpu-[a-b]",
+        "SLURM_JOB_NODELIST": "gpu-a,gpu-b",
         "SLURM_JOB_NUM_NODES": "2",
         "SLURM_GPUS_ON_NODE": "8",
         "SLURM_CPUS_ON_NODE": "64",
@@ -265,11 +327,12 @@ def test_slurm_job_runs_every_process(fake_bin, tmp_path, procs_per_node):
     }
     proc, called = run_script(SLURM, [], env, fake_bin)
     marks = called.splitlines()
-    assert marks[0] == "scontrol show hostnames gpu-[a-b]"
+    assert marks[0] == "scontrol show hostnames gpu-a,gpu-b"
     per = int(procs_per_node)
     assert marks[1].startswith(f"srun --nodes=2 --ntasks={2 * per} --ntasks-per-node={per} ")
     assert f"--cpus-per-task={64 // per}" in marks[1].split()
-    runs = marks[2:]
+    # The tasks run at once: their marks come in any order.
+    runs = sorted(marks[2:], key=lambda run: int(re.search(r"procid=(\d+)", run).group(1)))
     assert len(runs) == 2 * per
     for i, run in enumerate(runs):
         # JAX's own port for job 777: 777 % 4096 + 61440.
@@ -281,3 +344,133 @@ def test_slurm_job_runs_every_process(fake_bin, tmp_path, procs_per_node):
             f"-m ssl_jax.main --config=configs/jigsaw_r50.py --workdir={tmp_path}/run --multihost"
         )
     assert os.path.isdir(tmp_path / "run")
+
+
+def test_slurm_job_with_a_bucket_workdir(fake_bin):
+    """A gs:// workdir goes to the trainer as it is; no local directory named 'gs:' appears."""
+    bin_dir, _ = fake_bin
+    env = {
+        "SLURM_JOB_ID": "777",
+        "SLURM_JOB_NODELIST": "gpu-a",
+        "SLURM_SUBMIT_DIR": ROOT,
+        "PYTHON": os.path.join(bin_dir, "fake_python"),
+        "WORKDIR": "gs://my-bucket/runs/jigsaw_r50",
+    }
+    try:
+        _, called = run_script(SLURM, [], env, fake_bin)
+    finally:
+        made = os.path.join(ROOT, "gs:")
+        if os.path.isdir(made):
+            shutil.rmtree(made)
+            pytest.fail("the script made a local directory for WORKDIR=gs://...")
+    assert "--workdir=gs://my-bucket/runs/jigsaw_r50 --multihost" in called
+
+
+def slurm_job_env(fake_bin, job_id, nodes, **overrides):
+    """The environment of a batch script as sbatch starts it on the job's first node."""
+    bin_dir, marks = fake_bin
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_"))}
+    for key in ("CUDA_VISIBLE_DEVICES", "DRY_RUN", "NODES", "GPUS_PER_NODE", "PROCS_PER_NODE"):
+        env.pop(key, None)
+    env.update(
+        PATH=bin_dir + os.pathsep + env["PATH"],
+        MARKS=marks,
+        SLURM_JOB_ID=str(job_id),
+        SLURM_JOBID=str(job_id),
+        SLURM_JOB_NAME="ssl_jax",
+        SLURM_JOB_NODELIST=nodes,
+        SLURM_NODELIST=nodes,
+        SLURM_JOB_NUM_NODES=str(len(nodes.split(","))),
+        SLURM_NNODES=str(len(nodes.split(","))),
+        SLURM_SUBMIT_DIR=ROOT,
+        SLURMD_NODENAME=nodes.split(",")[0],
+    )
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+def test_slurm_job_stops_when_a_process_fails(fake_bin, tmp_path):
+    """One task exits 3 while the others would run on: srun --kill-on-bad-exit stops them and
+    the job fails with that code, instead of waiting on processes that can no longer finish."""
+    stand_in = tmp_path / "python"
+    stand_in.write_text('#!/bin/bash\nif [[ "$SLURM_PROCID" == 1 ]]; then exit 3; fi\nsleep 20\n')
+    stand_in.chmod(0o755)
+    env = slurm_job_env(
+        fake_bin, 777, "gpu-a,gpu-b", PYTHON=stand_in, WORKDIR=tmp_path / "run", SRUN_KILL_WAIT=1
+    )
+    start = time.monotonic()
+    proc = subprocess.run(
+        ["bash", SLURM], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "terminating the job step" in proc.stderr
+    assert time.monotonic() - start < 10  # not the 20 s the other processes would have run
+
+
+def free_job_id():
+    """A SLURM job id whose coordinator port (JAX's: id % 4096 + 61440) is free here."""
+    for job_id in range(int(time.time()) % 100_000 * 10, 10**7):
+        port = job_id % 4096 + 61440
+        try:
+            # JAX's coordinator binds [::]:port, so the port must be free on every address.
+            with socket.socket(socket.AF_INET6) as s:
+                s.bind(("::", port))
+            with socket.socket() as s:
+                s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        return job_id, port
+    raise AssertionError("no free port in 61440..65535")
+
+
+@pytest.mark.slow
+def test_slurm_job_trains_end_to_end(fake_bin, tmp_path):
+    """launch/slurm.sbatch in a simulated 2-node job: srun starts both tasks at once on this
+    machine, and the real trainer in each finds the cluster with jax.distributed.initialize()
+    from the SLURM variables and the script's coordinator. They train one run together (2
+    processes x 2 CPU devices, gloo) and checkpoint it from both processes."""
+    job_id, port = free_job_id()
+    workdir, logs = tmp_path / "run", tmp_path / "tasks"
+    logs.mkdir()
+    flags = [
+        "--config.train.stop_after_steps=4",
+        "--config.train.log_every=2",
+        "--config.train.checkpoint_every=2",
+        "--config.train.progress_bar=False",
+        "--config.evals.probe.every_steps=0",
+    ]
+    env = slurm_job_env(
+        fake_bin,
+        job_id,
+        "127.0.0.1,localhost",
+        SLURM_GPUS_ON_NODE=2,
+        SLURM_CPUS_ON_NODE=2,
+        CONFIG="configs/jigsaw_r50.py:runlocal,depth=18,width=0.125",
+        WORKDIR=workdir,
+        EXTRA_ARGS=" ".join(flags),
+        PYTHON=sys.executable,
+        SRUN_OUTPUT_DIR=logs,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
+    # The children share the tests' compilation cache: a rerun skips most compilation.
+    if jax.config.jax_compilation_cache_dir:
+        env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    proc = subprocess.run(
+        ["bash", SLURM], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    task_logs = {p.name: p.read_text() for p in sorted(logs.iterdir())}
+    shown = "\n".join(f"--- {name}\n{text[-3000:]}" for name, text in task_logs.items())
+    assert proc.returncode == 0, proc.stdout + proc.stderr + shown
+
+    assert f"+ export JAX_COORDINATOR_ADDRESS=127.0.0.1:{port}" in proc.stdout
+    assert sorted(task_logs) == ["task0.log", "task1.log"]
+    for text in task_logs.values():
+        assert "step 4: {'loss'" in text, shown
+    # Process 0 writes the metrics, a row per logged step.
+    assert [row["step"] for row in read_metrics(str(workdir))] == [2, 4]
+    for step in (2, 4):
+        state = workdir / "checkpoints" / str(step) / "state"
+        written = sorted(n for n in os.listdir(state) if n.startswith("ocdbt.process_"))
+        assert written == ["ocdbt.process_0", "ocdbt.process_1"]
