@@ -224,19 +224,84 @@ do_run() {
   remote+=" && $(join_quoted "../$VENV_DIR/bin/python" -m ssl_jax.main "${args[@]}")"
   remote+=" 2>&1 | tee -a $(quote "../$LOG_FILE")"
   on_all_workers "$remote"
+  if [[ "$DRY_RUN" == 1 ]]; then
+    print_worker_commands "$remote"
+  fi
 }
 
 do_delete() {
   step "${tpu_vm[@]}" delete "$TPU_NAME" "${where[@]}" --quiet
 }
 
-describe_slice() {
-  # v2/v3 slices: 8 TPU cores (JAX devices) per worker host.
-  if [[ "$ACCELERATOR" =~ ^v[23]-([0-9]+)$ ]]; then
-    local cores="${BASH_REMATCH[1]}"
-    echo "# $ACCELERATOR: $((cores / 8)) workers x 8 TPU cores = $cores JAX devices;" \
-      "config.optim.batch_size (global) must be a multiple of $cores"
+# Sets workers (hosts in the slice), devices (JAX devices in all) and unit (what one device is)
+# from ACCELERATOR; empty for a type not listed here. The number in the type counts
+#   v2-N, v3-N               TensorCores; one JAX device per core, 8 cores per worker
+#   v4-N, v5p-N              TensorCores; 2 per chip and one JAX device per chip, 4 chips per worker
+#   v5litepod-N, v6e-N       chips; one JAX device per chip, one worker up to 8 chips, else 4 per
+#                            worker (v5e-N, v6e-N: the same)
+# WORKERS=N overrides the worker count (a type not listed, or a layout that differs).
+slice_shape() {
+  workers="" devices="" unit=""
+  local n="${ACCELERATOR##*-}"
+  if [[ "$n" =~ ^[1-9][0-9]*$ ]]; then
+    case "${ACCELERATOR%-*}" in
+      v2 | v3)
+        devices=$n unit="TPU cores" workers=$(((n + 7) / 8))
+        ;;
+      v4 | v5p)
+        devices=$((n / 2)) unit="TPU chips" workers=$(((n + 7) / 8))
+        ;;
+      v5litepod | v5e | v6e)
+        devices=$n unit="TPU chips" workers=1
+        if ((n > 8)); then workers=$((n / 4)); fi
+        ;;
+    esac
   fi
+  if [[ -n "${WORKERS:-}" ]]; then
+    if ! [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]]; then
+      echo "tpu_vm.sh: WORKERS=$WORKERS is not a positive whole number; set it to the slice's" \
+        "number of worker hosts, or unset it to derive it from ACCELERATOR=$ACCELERATOR" >&2
+      exit 2
+    fi
+    workers=$WORKERS
+    if [[ -n "$devices" ]] && ((devices % workers)); then
+      devices="" # the devices do not split evenly: the layout is not one this script knows
+    fi
+  fi
+}
+
+describe_slice() {
+  if [[ -n "$workers" && -n "$devices" ]]; then
+    local noun=workers
+    if ((workers == 1)); then noun=worker; fi
+    echo "# $ACCELERATOR: $workers $noun x $((devices / workers)) $unit = $devices JAX devices;" \
+      "config.optim.batch_size (global) must be a multiple of $devices"
+  elif [[ -n "$workers" ]]; then
+    echo "# $ACCELERATOR: WORKERS=$workers workers (JAX devices per worker: not known for this layout)"
+  elif [[ "$DRY_RUN" == 1 ]]; then
+    echo "# ACCELERATOR=$ACCELERATOR is not a type this script knows (v2-N v3-N v4-N v5p-N" \
+      "v5litepod-N v6e-N); set WORKERS=N to see each worker's command"
+  fi
+}
+
+# Dry run: the line each worker runs. JAX finds its place on the TPU VM itself.
+print_worker_commands() {
+  local remote="$1" w
+  if [[ -z "$workers" ]]; then
+    return 0
+  fi
+  echo "# each worker runs the same line (--worker=all; --worker=N runs it on worker N alone)." \
+    "jax.distributed.initialize() reads the worker's number and the slice's workers from the" \
+    "TPU VM metadata (agent-worker-number, worker-network-endpoints); process 0, on worker 0," \
+    "serves the coordinator on port 8482:"
+  for ((w = 0; w < workers; w++)); do
+    if [[ -n "$devices" ]]; then
+      echo "[worker $w/$workers: process $w of $workers, $((devices / workers)) of $devices" \
+        "JAX devices] $remote"
+    else
+      echo "[worker $w/$workers: process $w of $workers] $remote"
+    fi
+  done
 }
 
 if [[ "$DRY_RUN" == 1 ]]; then
@@ -252,6 +317,7 @@ else
     exit 2
   fi
 fi
+slice_shape
 describe_slice
 
 for command in "${commands[@]}"; do

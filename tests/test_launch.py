@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import socket
 import stat
@@ -233,6 +234,66 @@ def test_tpu_options(fake_bin):
     assert "--workdir=gs://b/runs/jigsaw_r50_perms=10000" in printed[2]
     assert "--config.optim.batch_size=1024" in printed[2]
     assert "data_dir" not in printed[2]
+
+
+@pytest.mark.parametrize(
+    "accelerator, workers, per_worker",
+    [
+        ("v2-8", 1, 8),
+        ("v3-32", 4, 8),
+        ("v4-8", 1, 4),
+        ("v4-32", 4, 4),
+        ("v5p-128", 16, 4),
+        ("v5litepod-8", 1, 8),
+        ("v5litepod-16", 4, 4),
+        ("v6e-256", 64, 4),
+    ],
+)
+def test_tpu_dry_run_prints_each_workers_command(fake_bin, accelerator, workers, per_worker):
+    env = {"BUCKET": "gs://b", "ACCELERATOR": accelerator, "EXTRA_ARGS": "--config.seed=3"}
+    proc, called = run_script(TPU_VM, ["--dry_run", "run"], env, fake_bin)
+    assert called == ""
+    (ssh,) = commands(proc.stdout)
+    assert "--worker=all" in ssh.split()
+    (remote,) = [w[len("--command=") :] for w in shlex.split(ssh) if w.startswith("--command=")]
+    assert "ssl_jax_venv/bin/python -m ssl_jax.main --config=configs/jigsaw_r50.py " in remote
+    assert remote.endswith("--multihost --config.seed=3 2>&1 | tee -a ../ssl_jax_run.log")
+    devices = workers * per_worker
+    noun = "worker" if workers == 1 else "workers"
+    assert f"# {accelerator}: {workers} {noun} x {per_worker} TPU " in proc.stdout
+    assert f" = {devices} JAX devices;" in proc.stdout
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[worker ")]
+    assert lines == [
+        f"[worker {w}/{workers}: process {w} of {workers}, {per_worker} of {devices} JAX devices]"
+        f" {remote}"
+        for w in range(workers)
+    ]
+
+
+def test_tpu_workers_override(fake_bin):
+    env = {"BUCKET": "gs://b", "ACCELERATOR": "v9-8"}
+    proc, _ = run_script(TPU_VM, ["--dry_run", "run"], env, fake_bin)
+    assert "ACCELERATOR=v9-8 is not a type this script knows" in proc.stdout
+    assert "WORKERS=N" in proc.stdout and "[worker " not in proc.stdout
+    proc, _ = run_script(TPU_VM, ["--dry_run", "run"], {**env, "WORKERS": "2"}, fake_bin)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[worker ")]
+    assert [line.split("]")[0] for line in lines] == [
+        "[worker 0/2: process 0 of 2",
+        "[worker 1/2: process 1 of 2",
+    ]
+    proc, _ = run_script(TPU_VM, ["--dry_run", "run"], {**env, "WORKERS": "two"}, fake_bin, False)
+    assert proc.returncode == 2 and "WORKERS=two is not a positive whole number" in proc.stderr
+
+
+def test_tpu_run_starts_all_workers_with_one_command(fake_bin):
+    """Not a dry run (gcloud is a stand-in that fails): one ssh to every worker, nothing per
+    worker."""
+    env = {"BUCKET": "gs://b", "ACCELERATOR": "v4-32"}
+    proc, called = run_script(TPU_VM, ["run"], env, fake_bin, check=False)
+    assert proc.returncode == 1
+    (ssh,) = called.splitlines()
+    assert ssh.startswith("gcloud compute tpus tpu-vm ssh ssl-jax-v3-32 ")
+    assert "--worker=all" in ssh.split() and "[worker " not in proc.stdout
 
 
 def test_tpu_usage_errors(fake_bin):
