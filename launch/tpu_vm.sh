@@ -21,7 +21,8 @@ Commands (run in the order given):
             fails, so a failed run does not leave a slice billing)
 
 Flags:
-  --dry_run, -n   print every command instead of running it (also: DRY_RUN=1); needs no gcloud
+  --dry_run, -n   print every command instead of running it (also: DRY_RUN=1); needs no gcloud.
+                  'run' also prints the line each worker runs, one per worker
   --keep          with 'all': keep the slice after the run (also: KEEP=1)
   --help, -h      this text
 
@@ -30,6 +31,7 @@ Environment (default):
   TPU_NAME         ssl-jax-v3-32
   ZONE             europe-west4-a
   ACCELERATOR      v3-32              4 workers x 8 TPU cores = 32 JAX devices
+  WORKERS          from ACCELERATOR   worker hosts in the slice, for the dry run's per-worker lines
   RUNTIME_VERSION  tpu-ubuntu2204-base
   PROJECT          (gcloud's current project)
   SPOT             0                  1: --spot

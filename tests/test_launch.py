@@ -299,6 +299,8 @@ def test_tpu_run_starts_all_workers_with_one_command(fake_bin):
 def test_tpu_usage_errors(fake_bin):
     proc, _ = run_script(TPU_VM, ["--help"], {}, fake_bin)
     assert "ACCELERATOR" in proc.stdout and "--dry_run" in proc.stdout
+    # launch/README.md runs it as `launch/tpu_vm.sh ...`: it must be executable as checked out.
+    assert os.access(TPU_VM, os.X_OK), f"chmod +x {TPU_VM}"
     proc, _ = run_script(TPU_VM, ["--dry_run", "launch"], {}, fake_bin, check=False)
     assert proc.returncode == 2 and "unknown argument 'launch'" in proc.stderr
     # A real run with the placeholder bucket stops before calling gcloud.
