@@ -16,6 +16,7 @@ import ast
 import difflib
 import importlib.util
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -63,8 +64,9 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 
 def _split_arg(arg: str) -> list[str]:
+    """Items separated by "," or ":", except the ":" of a URL's scheme (folder=gs://b/d)."""
     items: list[str] = []
-    for part in arg.replace(":", ",").split(","):
+    for part in re.split(r",|:(?!//)", arg):
         if part.strip():
             items.append(part.strip())
     return items

@@ -226,3 +226,13 @@ def test_small_scale_svm_config():
     assert c.evaluation == "voc07_svm" and c.data.train.max_examples == 0
     assert (c.features.size, c.features.pooling, c.svm.solver) == (64, "adaptive", "sklearn")
     assert c.data.test.path.endswith(os.path.join("cifar10", "test"))
+
+
+def test_config_argument_holds_a_url():
+    """A bucket path keeps its scheme's colon; other colons still separate items."""
+    a = config_lib.parse_arg(
+        "runlocal:folder=gs://b/images,depth=18", runlocal=False, folder="", depth=50
+    )
+    assert (a.runlocal, a.folder, a.depth) == (True, "gs://b/images", 18)
+    c = config_lib.load_config("configs/jigsaw_r50.py:runlocal,filelist=gs://b/list.txt")
+    assert (c.data.source, c.data.path) == ("filelist", "gs://b/list.txt")
