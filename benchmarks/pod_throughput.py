@@ -63,6 +63,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -723,6 +724,8 @@ def main(argv=None) -> int:
     parser.add_argument("--_task", default="jigsaw", help=argparse.SUPPRESS)
     parser.add_argument("--_folder", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the emulator and a running worker are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args._worker:
         print(json.dumps(input_worker(args._task, args._folder, args.images, args.batch)))
         return 0
