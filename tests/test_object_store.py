@@ -207,3 +207,16 @@ def test_weights_import_and_export_through_the_bucket(gcs_bucket):
     assert sorted(out) == sorted(weights)
     for name, value in out.items():
         np.testing.assert_array_equal(value, source[name])
+
+
+def test_folder_in_the_bucket_has_class_labels(gcs_bucket):
+    """Class subfolders in a bucket label their images as on a local disk."""
+    from ssl_jax.data import files  # imports TensorFlow
+
+    root = f"{gcs_bucket}/folder_{uuid.uuid4().hex[:8]}"
+    for name in ("cat/0.jpg", "cat/1.jpg", "dog/0.jpg", "loose.jpg"):
+        paths.write_bytes(f"{root}/{name}", b"x")
+    source = files.folder_source(root)
+    assert source.class_names == ("cat", "dog")
+    assert source.labels.tolist() == [0, 0, 1, -1]
+    assert [i.decode() for i in source.ids] == ["cat/0.jpg", "cat/1.jpg", "dog/0.jpg", "loose.jpg"]

@@ -139,7 +139,8 @@ def folder_source(path: str) -> FileSource:
             f"No image files under config.data.path={path!r} (looked recursively for "
             f"{', '.join(IMAGE_EXTENSIONS)}, any case)."
         )
-    prefix = paths.join(root, "")
+    separator = "/" if paths.is_url(root) else os.sep
+    prefix = root if root.endswith(separator) else root + separator
     subfolders = sorted(
         d.rstrip("/")
         for d in paths.listdir(root)
