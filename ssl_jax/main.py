@@ -171,9 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.error("%s", e)
         return 2
     except ValueError as e:
-        if not evaluators.is_evaluation(config):
-            raise
-        # Bad evaluation input (features, labels, shapes): the message names the value and fix.
+        # Bad input (images, labels, features, shapes), also of an evaluation attached to
+        # pretraining: the message names the value and the fix; checkpoints are kept.
         logging.error("%s", e)
         return 2
     return 0

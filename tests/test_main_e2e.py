@@ -4,6 +4,7 @@ Slow (minutes on 2 cores): run with ``python -m pytest -m slow``.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -179,3 +180,39 @@ def test_colorization_demo(tmp_path):
     assert os.path.isfile(workdir / "evals" / "samples" / "step_384" / "picture.png")
     assert os.path.isfile(workdir / "colorization_priors.npy")
     print(f"colorization demo: {seconds:.0f} s, loss {first:.3f} -> {last:.3f}")
+
+
+def test_failed_attached_evaluation_keeps_its_checkpoint(tmp_path):
+    """An attached benchmark that fails on its data (a folder without class subfolders) after
+    its step's checkpoint: a one-line error naming the fix, exit 2, and that checkpoint complete
+    (the asynchronous save is finished before the run stops, not abandoned)."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(4):
+        shutil.copy(
+            os.path.join(ROOT, "ssl_jax", "data", "demo_photos", "chelsea.jpg"), flat / f"{i}.jpg"
+        )
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    args = [
+        sys.executable,
+        "-m",
+        "ssl_jax.main",
+        "--config=configs/jigsaw_r50.py:runlocal,depth=18,width=0.125",
+        f"--workdir={workdir}",
+        *QUIET,
+        "--config.train.stop_after_steps=4",
+        "--config.train.checkpoint_every=4",
+        "--config.train.log_every=2",
+        "--config.evals.probe.every_steps=0",
+        "--config.evals.voc07_svm.every_steps=4",
+        "--config.evals.voc07_svm.data.train.source=folder",
+        f"--config.evals.voc07_svm.data.train.path={flat}",
+    ]
+    proc = subprocess.run(args, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2, log[-3000:]
+    assert "have no label" in log and "class subfolder" in log
+    assert "Traceback" not in log
+    assert checkpoints(workdir) == [4]
+    assert int(saved_state(workdir)["step"]) == 4

@@ -31,6 +31,7 @@ class Checkpoints:
                 create=True,
             ),
         )
+        self._closed = False
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -62,6 +63,10 @@ class Checkpoints:
         return restored.state, positions
 
     def close(self) -> None:
+        """Waits for any save in flight, then releases orbax's threads; a second call is a no-op."""
+        if self._closed:
+            return
+        self._closed = True
         self.manager.wait_until_finished()
         self.manager.close()
 

@@ -231,45 +231,52 @@ def run(
     last: dict[str, float] = {}
     step = start_step
     with StopSignal() as stop:
-        while step < end_step:
-            try:
-                local = next(iterator)
-            except Exception as e:  # tf.errors.* raised from inside tf.data
-                checkpoints.close()
-                raise InputPipelineError(
-                    f"The {what} input pipeline failed before step {step + 1}: "
-                    f"{_error_text(e)} {_kept(checkpoints)}; fix the data and rerun to resume."
-                ) from e
-            position = np.asarray([local["epoch"][-1], local["index"][-1]], np.int64)
-            batch = {
-                key: jax.make_array_from_process_local_data(batch_sharding, local[key])
-                for key in batch_keys
-            }
-            state, step_metrics = train_step(state, batch)
-            step += 1
-            window.add(step_metrics)
-            progress.update(1)
-            stopping = step >= end_step or _stop_requested(stop, step, train.log_every)
-            if step % train.log_every and not stopping:
-                continue
-            last = window.close(step)
-            writer.write(step, last)
-            _show(progress, step, last)
-            if not _finite(last["loss"]):
-                checkpoints.close()
-                raise TrainingDiverged(
-                    f"The loss of the {what} became {last['loss']} by step {step}. "
-                    f"{_kept(checkpoints, good=True)}. {diverged_fix}, then rerun to resume."
-                )
-            if step % train.checkpoint_every == 0 or stopping:
-                checkpoints.save(step, state, gather_positions(position))
-            for p in periodic:
-                if (p.every and step % p.every == 0) or step >= end_step:
-                    scalars = p.run(state, step)
-                    if scalars:
-                        writer.write(step, {f"{p.name}/{k}": v for k, v in scalars.items()})
-            if stopping:
-                break
+        try:
+            while step < end_step:
+                try:
+                    local = next(iterator)
+                except Exception as e:  # tf.errors.* raised from inside tf.data
+                    checkpoints.close()
+                    raise InputPipelineError(
+                        f"The {what} input pipeline failed before step {step + 1}: "
+                        f"{_error_text(e)} {_kept(checkpoints)}; fix the data and rerun to resume."
+                    ) from e
+                position = np.asarray([local["epoch"][-1], local["index"][-1]], np.int64)
+                batch = {
+                    key: jax.make_array_from_process_local_data(batch_sharding, local[key])
+                    for key in batch_keys
+                }
+                state, step_metrics = train_step(state, batch)
+                step += 1
+                window.add(step_metrics)
+                progress.update(1)
+                stopping = step >= end_step or _stop_requested(stop, step, train.log_every)
+                if step % train.log_every and not stopping:
+                    continue
+                last = window.close(step)
+                writer.write(step, last)
+                _show(progress, step, last)
+                if not _finite(last["loss"]):
+                    checkpoints.close()
+                    raise TrainingDiverged(
+                        f"The loss of the {what} became {last['loss']} by step {step}. "
+                        f"{_kept(checkpoints, good=True)}. {diverged_fix}, then rerun to resume."
+                    )
+                if step % train.checkpoint_every == 0 or stopping:
+                    checkpoints.save(step, state, gather_positions(position))
+                for p in periodic:
+                    if (p.every and step % p.every == 0) or step >= end_step:
+                        scalars = p.run(state, step)
+                        if scalars:
+                            writer.write(step, {f"{p.name}/{k}": v for k, v in scalars.items()})
+                if stopping:
+                    break
+        except BaseException:
+            # An error after a save (an evaluation's, an interrupt) never costs that checkpoint:
+            # orbax finishes writing it before the error goes on.
+            checkpoints.close()
+            raise
+
     checkpoints.close()
     progress.close()
     writer.close()
