@@ -41,6 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 import jax  # noqa: E402
 
 from ssl_jax import config_lib, evaluators, paths  # noqa: E402
+from ssl_jax.train import checkpoint as ckpt_lib  # noqa: E402
 from ssl_jax.train import loop  # noqa: E402
 from ssl_jax.train import pretrain as pretrain_lib  # noqa: E402
 
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("absl", "orbax", "jax._src", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # gcsfs logs a traceback when its own retries run out; ssl_jax.paths retries on top of it
+    # and logs each retry in one line.
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     try:
         config = config_lib.load_config(args.config)
         config_lib.apply_overrides(config, overrides)
@@ -143,18 +147,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(config)
         return 0
+    retry_seconds = config.get("train", {}).get("store_retry_seconds")
+    if retry_seconds is not None:
+        paths.set_retry_seconds(retry_seconds)
 
-    paths.makedirs(args.workdir)
-    if jax.process_index() == 0:
-        paths.write_text(
-            paths.join(args.workdir, "config.json"), config.to_json_best_effort(indent=2)
-        )
     try:
+        paths.makedirs(args.workdir)
+        if jax.process_index() == 0:
+            paths.write_text(
+                paths.join(args.workdir, "config.json"), config.to_json_best_effort(indent=2)
+            )
         if evaluators.is_evaluation(config):
             evaluators.evaluate(config, args.workdir)
         else:
             pretrain_lib.pretrain(config, args.workdir)
-    except (loop.TrainingDiverged, loop.InputPipelineError) as e:
+    except (
+        loop.TrainingDiverged,
+        loop.InputPipelineError,
+        paths.StoreUnreachable,
+        ckpt_lib.CheckpointUnreadable,
+    ) as e:
+        # Faults met while running, each with a message that names what is kept and what to do.
         logging.error("%s", e)
         return 1
     except (FileNotFoundError, config_lib.ConfigError) as e:

@@ -38,7 +38,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ssl_jax import config_lib
+from ssl_jax import config_lib, paths
 from ssl_jax.train import checkpoint as ckpt_lib
 from ssl_jax.train import metrics as metrics_lib
 
@@ -200,6 +200,9 @@ def run(
 
     Raises:
       TrainingDiverged, InputPipelineError: with the last checkpoint kept and named.
+      paths.StoreUnreachable: the workdir's store did not answer for config.train.
+        store_retry_seconds; the message names the last complete checkpoint.
+      ckpt_lib.CheckpointUnreadable: no checkpoint of the workdir can be read (nothing changed).
     """
     for p in periodic:
         if p.every % train.log_every:
@@ -208,11 +211,11 @@ def run(
                 f"config.train.log_every={train.log_every}."
             )
     batch_sharding = NamedSharding(mesh, P("data"))
-    checkpoints = ckpt_lib.Checkpoints(workdir, keep=train.keep_checkpoints)
+    checkpoints = ckpt_lib.Checkpoints(workdir, keep=train.keep_checkpoints, writer=True)
     start_step, start_position = 0, None
-    latest = checkpoints.latest_step()
-    if latest is not None:
-        state, positions = checkpoints.restore(latest, ckpt_lib.abstract_like(state))
+    restored = checkpoints.restore_latest(ckpt_lib.abstract_like(state))
+    if restored is not None:
+        _, state, positions = restored
         start_step = int(jax.device_get(state["step"]))
         start_position = ckpt_lib.process_position(positions, start_step)
         _log.info("Resumed from the checkpoint at step %d in %s (%s)", start_step, workdir, what)
@@ -223,56 +226,62 @@ def run(
         checkpoints.close()
         return Outcome(state, start_step, {}, False)
 
-    writer = metrics_lib.MetricsWriter(workdir, start_step)
-    progress = metrics_lib.Progress(total_steps, start_step, train.progress_bar)
-    window = _Window(batch_size, steps_per_epoch, skipped_images)
-    iterator = batches(start_position)
-    position = np.asarray(start_position or (0, -1), np.int64)
-    last: dict[str, float] = {}
-    step = start_step
-    with StopSignal() as stop:
-        while step < end_step:
-            try:
-                local = next(iterator)
-            except Exception as e:  # tf.errors.* raised from inside tf.data
-                checkpoints.close()
-                raise InputPipelineError(
-                    f"The {what} input pipeline failed before step {step + 1}: "
-                    f"{_error_text(e)} {_kept(checkpoints)}; fix the data and rerun to resume."
-                ) from e
-            position = np.asarray([local["epoch"][-1], local["index"][-1]], np.int64)
-            batch = {
-                key: jax.make_array_from_process_local_data(batch_sharding, local[key])
-                for key in batch_keys
-            }
-            state, step_metrics = train_step(state, batch)
-            step += 1
-            window.add(step_metrics)
-            progress.update(1)
-            stopping = step >= end_step or _stop_requested(stop, step, train.log_every)
-            if step % train.log_every and not stopping:
-                continue
-            last = window.close(step)
-            writer.write(step, last)
-            _show(progress, step, last)
-            if not _finite(last["loss"]):
-                checkpoints.close()
-                raise TrainingDiverged(
-                    f"The loss of the {what} became {last['loss']} by step {step}. "
-                    f"{_kept(checkpoints, good=True)}. {diverged_fix}, then rerun to resume."
-                )
-            if step % train.checkpoint_every == 0 or stopping:
-                checkpoints.save(step, state, gather_positions(position))
-            for p in periodic:
-                if (p.every and step % p.every == 0) or step >= end_step:
-                    scalars = p.run(state, step)
-                    if scalars:
-                        writer.write(step, {f"{p.name}/{k}": v for k, v in scalars.items()})
-            if stopping:
-                break
-    checkpoints.close()
-    progress.close()
-    writer.close()
+    try:
+        writer = metrics_lib.MetricsWriter(workdir, start_step)
+        progress = metrics_lib.Progress(total_steps, start_step, train.progress_bar)
+        window = _Window(batch_size, steps_per_epoch, skipped_images)
+        iterator = batches(start_position)
+        position = np.asarray(start_position or (0, -1), np.int64)
+        last: dict[str, float] = {}
+        step = start_step
+        with StopSignal() as stop:
+            while step < end_step:
+                try:
+                    local = next(iterator)
+                except Exception as e:  # tf.errors.* raised from inside tf.data
+                    checkpoints.close()
+                    raise InputPipelineError(
+                        f"The {what} input pipeline failed before step {step + 1}: "
+                        f"{_error_text(e)} {_kept(checkpoints)}; fix the data and rerun to resume."
+                    ) from e
+                position = np.asarray([local["epoch"][-1], local["index"][-1]], np.int64)
+                batch = {
+                    key: jax.make_array_from_process_local_data(batch_sharding, local[key])
+                    for key in batch_keys
+                }
+                state, step_metrics = train_step(state, batch)
+                step += 1
+                window.add(step_metrics)
+                progress.update(1)
+                stopping = step >= end_step or _stop_requested(stop, step, train.log_every)
+                if step % train.log_every and not stopping:
+                    continue
+                last = window.close(step)
+                writer.write(step, last)
+                _show(progress, step, last)
+                if not _finite(last["loss"]):
+                    checkpoints.close()
+                    raise TrainingDiverged(
+                        f"The loss of the {what} became {last['loss']} by step {step}. "
+                        f"{_kept(checkpoints, good=True)}. {diverged_fix}, then rerun to resume."
+                    )
+                if step % train.checkpoint_every == 0 or stopping:
+                    checkpoints.save(step, state, gather_positions(position))
+                for p in periodic:
+                    if (p.every and step % p.every == 0) or step >= end_step:
+                        scalars = p.run(state, step)
+                        if scalars:
+                            writer.write(step, {f"{p.name}/{k}": v for k, v in scalars.items()})
+                if stopping:
+                    break
+        checkpoints.close()
+        progress.close()
+        writer.close()
+    except paths.StoreUnreachable as e:
+        raise paths.StoreUnreachable(
+            f"{e}. {checkpoints.last_complete_text()}; the {what} stopped. Run the same command "
+            "once the store answers to resume from it."
+        ) from None
     preempted = stop.requested and step < end_step
     if preempted:
         _log.warning(
