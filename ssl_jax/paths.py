@@ -255,6 +255,7 @@ def _fs(url: str) -> tuple[_RetryingFileSystem, str]:
     scheme, _ = _split_url(url)
     if scheme in GCS_SCHEMES:
         configure()
+        _use_retrying_gcsfs()
     try:
         fs = fsspec.filesystem(scheme)
     except (ValueError, ImportError) as e:
@@ -316,7 +317,9 @@ def is_transient(error: BaseException) -> bool:
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, FileNotFoundError | PermissionError | FileExistsError):
+        if isinstance(error, StoreUnreachable | FileNotFoundError | PermissionError):
+            return False
+        if isinstance(error, FileExistsError):
             return False
         if isinstance(error, ConnectionError | TimeoutError):
             return True
@@ -352,6 +355,49 @@ def store_name(url: str) -> str:
     return bucket
 
 
+class _Backoff:
+    """One operation's retries: how long to wait after each transient failure, or
+    StoreUnreachable once ``retry_seconds()`` have passed since the first."""
+
+    def __init__(self, what: str, url: str):
+        self.what, self.url = what, url
+        self.first_failure: float | None = None
+        self.delay, self.attempt = 1.0, 0
+
+    def wait_after(self, error: Exception) -> float:
+        """Seconds to wait before the next attempt (logged); re-raises ``error`` if it is not
+        transient; raises StoreUnreachable past the limit."""
+        if not is_transient(error):
+            raise error
+        now = time.monotonic()
+        self.first_failure = now if self.first_failure is None else self.first_failure
+        waited = now - self.first_failure
+        if waited >= _Retry.seconds:
+            raise StoreUnreachable(
+                f"The object store {store_name(self.url)} did not answer {self.what} "
+                f"{self.url} for {waited:.0f} s, past the limit of {_Retry.seconds:g} s "
+                f"({_Retry.setting}); last error: {_short(error)}"
+            ) from error
+        self.attempt += 1
+        wait = max(min(self.delay * (0.5 + random.random()), _Retry.seconds - waited), 0.0)
+        self.delay = min(self.delay * 2, 30.0)
+        log.warning(
+            "%s %s failed (%s): retry %d in %.1f s (giving up %g s after the first failure, %s)",
+            self.what,
+            self.url,
+            _short(error),
+            self.attempt,
+            wait,
+            _Retry.seconds,
+            _Retry.setting,
+        )
+        return wait
+
+    def succeeded(self) -> None:
+        if self.attempt:
+            log.warning("%s %s succeeded after %d retries", self.what, self.url, self.attempt)
+
+
 def retrying(call: Callable[[], T], what: str, url: str) -> T:
     """``call()``, retried while it raises transient errors (``is_transient``), with exponential
     backoff (1 s doubling to 30 s, each wait drawn in [0.5, 1.5) of that: jitter, so that many
@@ -359,44 +405,57 @@ def retrying(call: Callable[[], T], what: str, url: str) -> T:
 
     Each retry is logged once as a warning naming ``what`` and ``url``. Past the limit raises
     StoreUnreachable naming the store, the operation, the limit and its config key. A single
-    attempt may itself take a while: gcsfs retries a request 6 times (about 30 s) before it
-    raises, so the limit is checked between attempts and may be passed by that much.
+    attempt may itself take a while (gcsfs retries a request 6 times, about 30 s, before it
+    raises), so the limit is checked between attempts and may be passed by that much.
     """
-    first_failure, delay, attempt = None, 1.0, 0
+    backoff = _Backoff(what, url)
     while True:
         try:
             result = call()
         except Exception as e:
-            if not is_transient(e):
-                raise
-            now = time.monotonic()
-            first_failure = now if first_failure is None else first_failure
-            waited = now - first_failure
-            if waited >= _Retry.seconds:
-                raise StoreUnreachable(
-                    f"The object store {store_name(url)} did not answer {what} {url} for "
-                    f"{waited:.0f} s, past the limit of {_Retry.seconds:g} s "
-                    f"({_Retry.setting}); last error: {_short(e)}",
-                ) from e
-            attempt += 1
-            wait = min(delay * (0.5 + random.random()), _Retry.seconds - waited)
-            log.warning(
-                "%s %s failed (%s): retry %d in %.1f s (giving up %.0f s after the first "
-                "failure, %s)",
-                what,
-                url,
-                _short(e),
-                attempt,
-                wait,
-                _Retry.seconds,
-                _Retry.setting,
-            )
-            time.sleep(max(wait, 0.0))
-            delay = min(delay * 2, 30.0)
+            time.sleep(backoff.wait_after(e))
             continue
-        if attempt:
-            log.warning("%s %s succeeded after %d retries", what, url, attempt)
+        backoff.succeeded()
         return result
+
+
+def _use_retrying_gcsfs() -> None:
+    """Makes fsspec's gs:// and gcs:// the ``_retrying_gcsfs`` of the class registered now."""
+    registered = fsspec.get_filesystem_class("gs")
+    if getattr(registered, "retries_transient_errors", False):
+        return
+    retrying_class = _retrying_gcsfs(registered)
+    for scheme in GCS_SCHEMES:
+        fsspec.register_implementation(scheme, retrying_class, clobber=True)
+    _clear_epath_cache()  # etils keeps the file system it made first
+
+
+def _retrying_gcsfs(base: type) -> type:
+    """``base`` (a gcsfs file system class) with every request retried as ``retrying`` does.
+
+    Every gcsfs request goes through ``_call``, so this reaches what orbax does through etils.
+    epath (step directories, metadata, commit_success.txt, in its background save thread) as well
+    as this module's calls, which a store outage would otherwise fail once gcsfs's own retries
+    (about 30 s) are spent.
+    """
+    import asyncio  # only with gcsfs
+
+    class RetryingGCSFileSystem(base):
+        retries_transient_errors = True
+
+        async def _call(self, method, path, *args, **kwargs):
+            backoff = _Backoff(f"{method}", f"gs://{path}" if "://" not in str(path) else path)
+            while True:
+                try:
+                    result = await super()._call(method, path, *args, **kwargs)
+                except Exception as e:
+                    await asyncio.sleep(backoff.wait_after(e))
+                    continue
+                backoff.succeeded()
+                return result
+
+    RetryingGCSFileSystem.__name__ = RetryingGCSFileSystem.__qualname__ = f"Retrying{base.__name__}"
+    return RetryingGCSFileSystem
 
 
 def _short(error: BaseException) -> str:
@@ -834,6 +893,8 @@ def checkpoint_directory(path: PathLike) -> epath.Path:
     path = os.fspath(path)
     if is_url(path):
         scheme, rest = _split_url(path)
+        if scheme in GCS_SCHEMES:
+            _use_retrying_gcsfs()
         return epath.Path("gs://" + rest if scheme in GCS_SCHEMES else path)
     return epath.Path(os.path.abspath(path))
 

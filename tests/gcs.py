@@ -153,7 +153,9 @@ class RestartableEmulator:
             time.sleep(0.05)
         self.stop()
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
-            raise RuntimeError(f"The emulator did not start on {self.url}; log:\n{f.read()[-2000:]}")
+            raise RuntimeError(
+                f"The emulator did not start on {self.url}; log:\n{f.read()[-2000:]}"
+            )
 
     def stop(self) -> None:
         process, self.process = self.process, None

@@ -106,19 +106,22 @@ class Checkpoints:
             return
         step, self.pending = self.pending, None
         try:
-            paths.retrying(
-                self.manager.wait_until_finished,
-                f"finishing the checkpoint at step {step} in",
-                self.directory,
-            )
-        except paths.StoreUnreachable as e:
-            if not lost_ok:
+            # Once: orbax raises a failed background write once, and it cannot be redone.
+            self.manager.wait_until_finished()
+        except Exception as e:
+            if not (paths.is_transient(e) or isinstance(e, paths.StoreUnreachable)):
                 raise
+            why = " ".join(str(e).split())[:300]
+            if not lost_ok:
+                raise paths.StoreUnreachable(
+                    f"The checkpoint at step {step} could not be written to {self.directory} "
+                    f"({why})"
+                ) from e
             _log.warning(
                 "The checkpoint at step %d was not completed (%s); the last complete one is %s. "
                 "Its remains are deleted when the run next starts.",
                 step,
-                e,
+                why,
                 "none" if self.last_complete is None else f"step {self.last_complete}",
             )
             return
