@@ -419,6 +419,18 @@ def retrying(call: Callable[[], T], what: str, url: str) -> T:
         return result
 
 
+def _request_url(path: str, args: tuple) -> str:
+    """A gcsfs request's object as a URL (``gs://bucket/name``), for messages."""
+    try:
+        text = path.format(*args)
+    except (IndexError, KeyError):
+        text = path
+    if text.startswith("b/"):
+        bucket, _, rest = text[2:].partition("/")
+        return f"gs://{bucket}/{rest[2:] if rest.startswith('o/') else ''}"
+    return text
+
+
 def _use_retrying_gcsfs() -> None:
     """Makes fsspec's gs:// and gcs:// the ``_retrying_gcsfs`` of the class registered now."""
     registered = fsspec.get_filesystem_class("gs")
@@ -444,7 +456,7 @@ def _retrying_gcsfs(base: type) -> type:
         retries_transient_errors = True
 
         async def _call(self, method, path, *args, **kwargs):
-            backoff = _Backoff(f"{method}", f"gs://{path}" if "://" not in str(path) else path)
+            backoff = _Backoff(f"{method} request", _request_url(path, args))
             while True:
                 try:
                     result = await super()._call(method, path, *args, **kwargs)
