@@ -40,6 +40,7 @@ it found first, so set the variable before the process first touches ``gs://``.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import errno
 import glob as _glob
@@ -450,7 +451,6 @@ def _retrying_gcsfs(base: type) -> type:
     as this module's calls, which a store outage would otherwise fail once gcsfs's own retries
     (about 30 s) are spent.
     """
-    import asyncio  # only with gcsfs
 
     class RetryingGCSFileSystem(base):
         retries_transient_errors = True
