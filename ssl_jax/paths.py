@@ -285,7 +285,8 @@ _TRANSIENT_ERRNOS = {
     errno.ENETUNREACH,
 }
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
-# How tensorstore (orbax's array writer) words a store that does not answer.
+# How tensorstore (orbax's array writer) words a store that does not answer; once its own
+# retries are spent it says "All N retry attempts failed" (under ABORTED, among others).
 _TRANSIENT_PREFIXES = ("UNAVAILABLE:", "DEADLINE_EXCEEDED:")
 
 
@@ -329,7 +330,8 @@ def is_transient(error: BaseException) -> bool:
         status = getattr(error, "code", None) or getattr(error, "status", None)
         if isinstance(status, int) and status in _TRANSIENT_STATUS:
             return True
-        if str(error).startswith(_TRANSIENT_PREFIXES):
+        text = str(error)
+        if text.startswith(_TRANSIENT_PREFIXES) or "retry attempts failed" in text:
             return True
         if "gcsfs" in sys.modules and _gcsfs_retriable(error):
             return True

@@ -107,6 +107,7 @@ def test_which_errors_are_transient():
         HttpStatus(503),
         HttpStatus(429),
         ValueError("UNAVAILABLE: Connection refused"),
+        ValueError("ABORTED: Error reading gs://b/x: All 5 retry attempts failed: CURL error"),
         wrapped,
     ):
         assert paths.is_transient(error), error
@@ -273,7 +274,7 @@ def test_a_store_outage_past_the_limit_stops_with_the_last_checkpoint_kept(
     last_line = stderr.strip().splitlines()[-1]
     assert code == 1, stderr[-3000:]
     for part in ("did not answer", "past the limit of 20 s", "config.train.store_retry_seconds",
-                 "the training stopped", "ssl-test"):  # fmt: skip
+                 "the pretraining stopped", "ssl-test"):  # fmt: skip
         assert part in last_line, last_line
     assert "last complete checkpoint is step" in last_line, last_line
     assert took < 20 + 120, took
