@@ -184,4 +184,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 1:
+        # A fault stopped the run, its message logged last. Orbax's background save threads may
+        # still wait minutes on a store that is gone (and tensorstore's callbacks print "Event
+        # loop is closed" tracebacks meanwhile): leave without them.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
