@@ -77,6 +77,9 @@ def pretrain() -> ml_collections.ConfigDict:
     c.train.log_every = 50  # steps between metrics.jsonl rows
     c.train.checkpoint_every = 1000  # steps between checkpoints (a multiple of log_every)
     c.train.keep_checkpoints = 3
+    # Seconds an object-store operation (gs:// workdir, data, checkpoint writes) retries a store
+    # that does not answer before the run stops, keeping its last complete checkpoint.
+    c.train.store_retry_seconds = 300.0
     c.train.stop_after_steps = ml_collections.FieldReference(None, field_type=int)
     c.train.progress_bar = True
     c.train.multihost = False  # call jax.distributed.initialize() (also: env SSL_JAX_MULTIHOST=1)

@@ -295,6 +295,7 @@ SCHEMA: dict[str, tuple[Check, str]] = {
     "train.log_every": positive(integer=True),
     "train.checkpoint_every": positive(integer=True),
     "train.keep_checkpoints": positive(integer=True),
+    "train.store_retry_seconds": non_negative(),
     "train.stop_after_steps": optional(positive(integer=True)),
 }
 

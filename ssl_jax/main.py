@@ -44,6 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 import jax  # noqa: E402
 
 from ssl_jax import config_lib, evaluators, paths  # noqa: E402
+from ssl_jax.train import checkpoint as ckpt_lib  # noqa: E402
 from ssl_jax.train import loop  # noqa: E402
 from ssl_jax.train import pretrain as pretrain_lib  # noqa: E402
 
@@ -123,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("absl", "orbax", "jax._src", "tensorflow", "gcsfs", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # gcsfs logs a traceback when its own retries run out; ssl_jax.paths retries on top of it
+    # and logs each retry in one line.
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     try:
         config = config_lib.load_config(args.config)
         config_lib.apply_overrides(config, overrides)
@@ -152,18 +156,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(config)
         return 0
+    retry_seconds = config.get("train", {}).get("store_retry_seconds")
+    if retry_seconds is not None:
+        paths.set_retry_seconds(retry_seconds)
 
-    paths.makedirs(args.workdir)
-    if jax.process_index() == 0:
-        paths.write_text(
-            paths.join(args.workdir, "config.json"), config.to_json_best_effort(indent=2)
-        )
     try:
+        paths.makedirs(args.workdir)
+        if jax.process_index() == 0:
+            paths.write_text(
+                paths.join(args.workdir, "config.json"), config.to_json_best_effort(indent=2)
+            )
         if evaluators.is_evaluation(config):
             evaluators.evaluate(config, args.workdir)
         else:
             pretrain_lib.pretrain(config, args.workdir)
-    except (loop.TrainingDiverged, loop.InputPipelineError) as e:
+    except (
+        loop.TrainingDiverged,
+        loop.InputPipelineError,
+        paths.StoreUnreachable,
+        ckpt_lib.CheckpointUnreadable,
+    ) as e:
+        # Faults met while running, each with a message that names what is kept and what to do.
         logging.error("%s", e)
         return 1
     except (FileNotFoundError, config_lib.ConfigError) as e:
@@ -179,4 +192,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 1:
+        # A fault stopped the run, its message logged last. Orbax's background save threads may
+        # still wait minutes on a store that is gone (and tensorstore's callbacks print "Event
+        # loop is closed" tracebacks meanwhile): leave without them.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -16,6 +16,14 @@ Object stores have objects, not files in directories, and this module says what 
 - directory listings are not cached (``use_listings_cache=False``), because orbax writes
   checkpoint arrays through tensorstore, which gcsfs cannot see.
 
+Every object-store call retries transient errors (connection refused or reset, timeouts, HTTP
+408/429/5xx) with exponential backoff and jitter, logging each retry with the path, for up to
+``retry_seconds()`` (``set_retry_seconds``; ``python -m ssl_jax.main`` sets it from
+``config.train.store_retry_seconds``, default 300 s), then raises ``StoreUnreachable`` naming the
+store, the path and the limit. A store that does not answer is never taken for an empty one:
+``exists``/``isfile``/``isdir`` say False only when the store says "not found". A file opened
+for reading retries its opening; its later reads have gcsfs's own retries (about 30 s).
+
 Local writes through ``write_bytes``/``write_text``/``write_json``/``save_npy`` are atomic (a
 temporary file in the same directory, then ``os.replace``), and every write creates missing
 parent directories, as an object store needs none.
@@ -32,6 +40,7 @@ it found first, so set the variable before the process first touches ``gs://``.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import errno
 import glob as _glob
@@ -40,20 +49,22 @@ import json
 import logging
 import os
 import posixpath
+import random
 import shutil
 import socket
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from typing import IO, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, Any, TypeVar
 
 import fsspec
 import numpy as np
 from etils import epath
 
 PathLike = str | os.PathLike
+T = TypeVar("T")
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 GCS_SCHEMES = ("gs", "gcs")
@@ -238,12 +249,14 @@ def _clear_epath_cache() -> None:
             log.warning("%s has changed: gs:// may not follow STORAGE_EMULATOR_HOST", module)
 
 
-def _fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec file system for ``url`` and the path it takes (the URL without its scheme)."""
+def _fs(url: str) -> tuple[_RetryingFileSystem, str]:
+    """The fsspec file system for ``url``, its calls retried (``retrying``), and the path it
+    takes (the URL without its scheme)."""
 
     scheme, _ = _split_url(url)
     if scheme in GCS_SCHEMES:
         configure()
+        _use_retrying_gcsfs()
     try:
         fs = fsspec.filesystem(scheme)
     except (ValueError, ImportError) as e:
@@ -251,11 +264,252 @@ def _fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
             f"No file system for {url!r} (scheme {scheme!r}): use a local path or gs://, or "
             f"install the fsspec implementation of {scheme}:// ({e})"
         ) from e
-    return fs, fs._strip_protocol(url)
+    return _RetryingFileSystem(fs, url), fs._strip_protocol(url)
 
 
 def _not_found(path: str) -> FileNotFoundError:
     return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+
+
+# ----------------------------------------------------------------------------- retries
+
+
+DEFAULT_RETRY_SECONDS = 300.0
+_TRANSIENT_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.ETIMEDOUT,
+    errno.EPIPE,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+}
+_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+# How tensorstore (orbax's array writer) words a store that does not answer; once its own
+# retries are spent it says "All N retry attempts failed" (under ABORTED, among others).
+_TRANSIENT_PREFIXES = ("UNAVAILABLE:", "DEADLINE_EXCEEDED:")
+
+
+class StoreUnreachable(OSError):
+    """An object store kept failing with transient errors for longer than the retry limit."""
+
+
+class _Retry:
+    seconds = DEFAULT_RETRY_SECONDS
+    setting = "config.train.store_retry_seconds"
+
+
+def set_retry_seconds(seconds: float, setting: str = "config.train.store_retry_seconds") -> None:
+    """How long (seconds) an object-store operation retries transient errors before giving up
+    with StoreUnreachable (0: no retries); ``setting`` is what messages name as the knob."""
+    if not seconds >= 0:
+        raise ValueError(f"{setting}={seconds} must be a number of seconds, 0 or more.")
+    _Retry.seconds, _Retry.setting = float(seconds), setting
+
+
+def retry_seconds() -> float:
+    """The limit set by set_retry_seconds (default DEFAULT_RETRY_SECONDS)."""
+    return _Retry.seconds
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) says the store may answer later:
+    connection refused, reset or timed out, HTTP 408/429/5xx, tensorstore's UNAVAILABLE or
+    DEADLINE_EXCEEDED. Missing files, permissions and bad requests are not transient."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, StoreUnreachable | FileNotFoundError | PermissionError):
+            return False
+        if isinstance(error, FileExistsError):
+            return False
+        if isinstance(error, ConnectionError | TimeoutError):
+            return True
+        if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
+            return True
+        status = getattr(error, "code", None) or getattr(error, "status", None)
+        if isinstance(status, int) and status in _TRANSIENT_STATUS:
+            return True
+        text = str(error)
+        if text.startswith(_TRANSIENT_PREFIXES) or "retry attempts failed" in text:
+            return True
+        if "gcsfs" in sys.modules and _gcsfs_retriable(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _gcsfs_retriable(error: BaseException) -> bool:
+    import gcsfs.retry  # heavy (aiohttp, google-auth); loaded already when this is called
+
+    return gcsfs.retry.is_retriable(error)
+
+
+def store_name(url: str) -> str:
+    """The store behind ``url`` in words, for messages: the emulator's endpoint or the service,
+    and the bucket."""
+    scheme, rest = _split_url(url)
+    bucket = f"{scheme}://{rest.split('/', 1)[0]}"
+    if scheme in GCS_SCHEMES:
+        host = emulator_host()
+        return (
+            f"{bucket} (the GCS emulator at {host})" if host else f"{bucket} (Google Cloud Storage)"
+        )
+    return bucket
+
+
+class _Backoff:
+    """One operation's retries: how long to wait after each transient failure, or
+    StoreUnreachable once ``retry_seconds()`` have passed since the first."""
+
+    def __init__(self, what: str, url: str):
+        self.what, self.url = what, url
+        self.first_failure: float | None = None
+        self.delay, self.attempt = 1.0, 0
+
+    def wait_after(self, error: Exception) -> float:
+        """Seconds to wait before the next attempt (logged); re-raises ``error`` if it is not
+        transient; raises StoreUnreachable past the limit."""
+        if not is_transient(error):
+            raise error
+        now = time.monotonic()
+        self.first_failure = now if self.first_failure is None else self.first_failure
+        waited = now - self.first_failure
+        if waited >= _Retry.seconds:
+            raise StoreUnreachable(
+                f"The object store {store_name(self.url)} did not answer {self.what} "
+                f"{self.url} for {waited:.0f} s, past the limit of {_Retry.seconds:g} s "
+                f"({_Retry.setting}); last error: {_short(error)}"
+            ) from error
+        self.attempt += 1
+        wait = max(min(self.delay * (0.5 + random.random()), _Retry.seconds - waited), 0.0)
+        self.delay = min(self.delay * 2, 30.0)
+        log.warning(
+            "%s %s failed (%s): retry %d in %.1f s (giving up %g s after the first failure, %s)",
+            self.what,
+            self.url,
+            _short(error),
+            self.attempt,
+            wait,
+            _Retry.seconds,
+            _Retry.setting,
+        )
+        return wait
+
+    def succeeded(self) -> None:
+        if self.attempt:
+            log.warning("%s %s succeeded after %d retries", self.what, self.url, self.attempt)
+
+
+def retrying(call: Callable[[], T], what: str, url: str) -> T:
+    """``call()``, retried while it raises transient errors (``is_transient``), with exponential
+    backoff (1 s doubling to 30 s, each wait drawn in [0.5, 1.5) of that: jitter, so that many
+    processes do not retry in step) for up to ``retry_seconds()`` from the first failure.
+
+    Each retry is logged once as a warning naming ``what`` and ``url``. Past the limit raises
+    StoreUnreachable naming the store, the operation, the limit and its config key. A single
+    attempt may itself take a while (gcsfs retries a request 6 times, about 30 s, before it
+    raises), so the limit is checked between attempts and may be passed by that much.
+    """
+    backoff = _Backoff(what, url)
+    while True:
+        try:
+            result = call()
+        except Exception as e:
+            time.sleep(backoff.wait_after(e))
+            continue
+        backoff.succeeded()
+        return result
+
+
+def _request_url(path: str, args: tuple) -> str:
+    """A gcsfs request's object as a URL (``gs://bucket/name``), for messages."""
+    try:
+        text = path.format(*args)
+    except (IndexError, KeyError):
+        text = path
+    if text.startswith("b/"):
+        bucket, _, rest = text[2:].partition("/")
+        return f"gs://{bucket}/{rest[2:] if rest.startswith('o/') else ''}"
+    return text
+
+
+def _use_retrying_gcsfs() -> None:
+    """Makes fsspec's gs:// and gcs:// the ``_retrying_gcsfs`` of the class registered now."""
+    registered = fsspec.get_filesystem_class("gs")
+    if getattr(registered, "retries_transient_errors", False):
+        return
+    retrying_class = _retrying_gcsfs(registered)
+    for scheme in GCS_SCHEMES:
+        fsspec.register_implementation(scheme, retrying_class, clobber=True)
+    _clear_epath_cache()  # etils keeps the file system it made first
+
+
+def _retrying_gcsfs(base: type) -> type:
+    """``base`` (a gcsfs file system class) with every request retried as ``retrying`` does.
+
+    Every gcsfs request goes through ``_call``, so this reaches what orbax does through etils.
+    epath (step directories, metadata, commit_success.txt, in its background save thread) as well
+    as this module's calls, which a store outage would otherwise fail once gcsfs's own retries
+    (about 30 s) are spent.
+    """
+
+    class RetryingGCSFileSystem(base):
+        retries_transient_errors = True
+
+        async def _call(self, method, path, *args, **kwargs):
+            backoff = _Backoff(f"{method} request", _request_url(path, args))
+            while True:
+                try:
+                    result = await super()._call(method, path, *args, **kwargs)
+                except Exception as e:
+                    await asyncio.sleep(backoff.wait_after(e))
+                    continue
+                backoff.succeeded()
+                return result
+
+    RetryingGCSFileSystem.__name__ = RetryingGCSFileSystem.__qualname__ = f"Retrying{base.__name__}"
+    return RetryingGCSFileSystem
+
+
+def _short(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+class _RetryingFileSystem:
+    """An fsspec file system whose every call is ``retrying``. ``exists``, ``isfile`` and
+    ``isdir`` ask ``info`` and take only FileNotFoundError for "no": fsspec's own versions
+    answer False on any error, so a store that does not answer would look empty (and an
+    append would then rewrite a file with its new lines only)."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, url: str):
+        self.fs, self.url = fs, url
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.fs, name)
+        if not callable(method):
+            return method
+        return lambda *args, **kwargs: retrying(
+            lambda: method(*args, **kwargs), f"{name}()", self.url
+        )
+
+    def _info(self, path: str) -> dict[str, Any] | None:
+        try:
+            return self.info(path)
+        except FileNotFoundError:
+            return None
+
+    def exists(self, path: str) -> bool:
+        return self._info(path) is not None
+
+    def isfile(self, path: str) -> bool:
+        info = self._info(path)
+        return info is not None and info["type"] == "file"
+
+    def isdir(self, path: str) -> bool:
+        info = self._info(path)
+        return info is not None and info["type"] == "directory"
 
 
 # ----------------------------------------------------------------------------- queries
@@ -460,6 +714,29 @@ def replace(src: PathLike, dst: PathLike) -> None:
     remove(src)
 
 
+def move_tree(src: PathLike, dst: PathLike) -> None:
+    """Moves directory ``src`` (and everything under it) to ``dst``, which must not exist.
+
+    Local to local: ``os.replace``, atomic on one file system. On an object store each object is
+    copied and then deleted, so an interrupted move leaves some objects at each place.
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    if exists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
+    if not is_url(src) and not is_url(dst):
+        _makedirs_for(dst)
+        os.replace(src, dst)
+        return
+    if not isdir(src):
+        raise _not_found(src)
+    for directory, _, names in walk(src):
+        relative = directory[len(src.rstrip("/")) :].lstrip("/")
+        for name in names:
+            replace(join(directory, name), join(dst, relative, name))
+    if exists(src):
+        rmtree(src)
+
+
 # ----------------------------------------------------------------------------- files
 
 
@@ -630,6 +907,8 @@ def checkpoint_directory(path: PathLike) -> epath.Path:
     path = os.fspath(path)
     if is_url(path):
         scheme, rest = _split_url(path)
+        if scheme in GCS_SCHEMES:
+            _use_retrying_gcsfs()
         return epath.Path("gs://" + rest if scheme in GCS_SCHEMES else path)
     return epath.Path(os.path.abspath(path))
 

@@ -8,6 +8,11 @@ uses it with one line (pytest puts tests/ on sys.path)::
 
     from gcs import gcs_bucket  # noqa: F401
 
+``RestartableEmulator`` is a second emulator for outage tests: it keeps its objects on disk (in
+a temporary folder) and serves on a fixed port, so ``stop()`` makes the store unreachable (the
+connection is refused) and ``start()`` brings it back on the same address with every object
+that was there. It is not a fixture: a test that stops the store must not stop the session's.
+
 The emulator runs in its own process rather than a thread, so a client that holds the GIL while
 it waits on the server cannot deadlock the test process. This file is also the server's entry
 point (``python tests/gcs.py --port N``): it fixes two differences from the real service that
@@ -28,6 +33,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -108,6 +114,68 @@ def gcs_emulator(bucket: str = BUCKET) -> Iterator[str]:
     raise RuntimeError(f"gcp-storage-emulator did not start on {HOST} in 3 tries; log:\n{last_log}")
 
 
+class RestartableEmulator:
+    """An emulator with its objects on disk under ``data_dir``, stopped and started on one port.
+
+    ``url`` is its endpoint (``http://127.0.0.1:PORT``, for STORAGE_EMULATOR_HOST); the bucket
+    is created on the first start. ``stop()`` interrupts the server as Ctrl-C does (it finishes
+    the request in hand); ``start()`` serves the same objects again. A context manager: it
+    starts on entry and stops on exit.
+    """
+
+    def __init__(self, data_dir: str, bucket: str = BUCKET):
+        self.data_dir, self.bucket = data_dir, bucket
+        self.port = _free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.log_path = os.path.join(data_dir, "emulator.log")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        if self.process is not None:
+            return
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    f"--port={self.port}",
+                    f"--bucket={self.bucket}",
+                    f"--data_dir={self.data_dir}",
+                ],
+                cwd=self.data_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self.process.poll() is None and time.monotonic() < deadline:
+            if _healthy(self.url):
+                return
+            time.sleep(0.05)
+        self.stop()
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            raise RuntimeError(
+                f"The emulator did not start on {self.url}; log:\n{f.read()[-2000:]}"
+            )
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> RestartableEmulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 @pytest.fixture(scope="session")
 def gcs_bucket() -> Iterator[str]:
     """``"gs://ssl-test"`` on a local emulator, with STORAGE_EMULATOR_HOST set for the session."""
@@ -176,19 +244,20 @@ def _serve() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--bucket", default=BUCKET)
+    parser.add_argument("--data_dir", default="", help="keep objects here (default: in memory)")
     args = parser.parse_args()
     _patch_emulator()
     from gcp_storage_emulator.__main__ import main
 
+    storage = ["--in-memory"]
+    if args.data_dir:
+        storage = []
+        if os.path.exists(os.path.join(args.data_dir, ".cloudstorage", ".meta")):
+            args.bucket = ""  # there already, with its objects
     main(
-        [
-            "start",
-            f"--host={HOST}",
-            f"--port={args.port}",
-            "--in-memory",
-            f"--default-bucket={args.bucket}",
-            "--quiet",
-        ]
+        ([f"--data-dir={args.data_dir}"] if args.data_dir else [])
+        + ["start", f"--host={HOST}", f"--port={args.port}", *storage, "--quiet"]
+        + ([f"--default-bucket={args.bucket}"] if args.bucket else [])
     )
 
 

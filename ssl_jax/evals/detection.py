@@ -153,6 +153,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.log_every = 20
     c.train.checkpoint_every = 2000  # a multiple of log_every
     c.train.keep_checkpoints = 2
+    # Seconds an object-store operation (gs:// workdir, data, checkpoint writes) retries a store
+    # that does not answer before the run stops, keeping its last complete checkpoint.
+    c.train.store_retry_seconds = 300.0
     c.train.stop_after_steps = ml_collections.FieldReference(None, field_type=int)
     c.train.progress_bar = True
     return c

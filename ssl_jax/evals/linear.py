@@ -90,6 +90,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.train.log_every = 100
     c.train.checkpoint_every = 5000  # a multiple of log_every
     c.train.keep_checkpoints = 2
+    # Seconds an object-store operation (gs:// workdir, data, checkpoint writes) retries a store
+    # that does not answer before the run stops, keeping its last complete checkpoint.
+    c.train.store_retry_seconds = 300.0
     c.train.eval_every = 0  # > 0: also test every N steps (a multiple of log_every); 0: at the end
     c.train.stop_after_steps = ml_collections.FieldReference(None, field_type=int)
     c.train.progress_bar = True

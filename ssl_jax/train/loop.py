@@ -38,7 +38,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ssl_jax import config_lib
+from ssl_jax import config_lib, paths
 from ssl_jax.train import checkpoint as ckpt_lib
 from ssl_jax.train import metrics as metrics_lib
 
@@ -200,6 +200,9 @@ def run(
 
     Raises:
       TrainingDiverged, InputPipelineError: with the last checkpoint kept and named.
+      paths.StoreUnreachable: the workdir's store did not answer for config.train.
+        store_retry_seconds; the message names the last complete checkpoint.
+      ckpt_lib.CheckpointUnreadable: no checkpoint of the workdir can be read (nothing changed).
     """
     for p in periodic:
         if p.every % train.log_every:
@@ -208,11 +211,11 @@ def run(
                 f"config.train.log_every={train.log_every}."
             )
     batch_sharding = NamedSharding(mesh, P("data"))
-    checkpoints = ckpt_lib.Checkpoints(workdir, keep=train.keep_checkpoints)
+    checkpoints = ckpt_lib.Checkpoints(workdir, keep=train.keep_checkpoints, writer=True)
     start_step, start_position = 0, None
-    latest = checkpoints.latest_step()
-    if latest is not None:
-        state, positions = checkpoints.restore(latest, ckpt_lib.abstract_like(state))
+    restored = checkpoints.restore_latest(ckpt_lib.abstract_like(state))
+    if restored is not None:
+        _, state, positions = restored
         start_step = int(jax.device_get(state["step"]))
         start_position = ckpt_lib.process_position(positions, start_step)
         _log.info("Resumed from the checkpoint at step %d in %s (%s)", start_step, workdir, what)
@@ -223,15 +226,15 @@ def run(
         checkpoints.close()
         return Outcome(state, start_step, {}, False)
 
-    writer = metrics_lib.MetricsWriter(workdir, start_step)
-    progress = metrics_lib.Progress(total_steps, start_step, train.progress_bar)
-    window = _Window(batch_size, steps_per_epoch, skipped_images)
-    iterator = batches(start_position)
-    position = np.asarray(start_position or (0, -1), np.int64)
-    last: dict[str, float] = {}
-    step = start_step
-    with StopSignal() as stop:
-        try:
+    try:
+        writer = metrics_lib.MetricsWriter(workdir, start_step)
+        progress = metrics_lib.Progress(total_steps, start_step, train.progress_bar)
+        window = _Window(batch_size, steps_per_epoch, skipped_images)
+        iterator = batches(start_position)
+        position = np.asarray(start_position or (0, -1), np.int64)
+        last: dict[str, float] = {}
+        step = start_step
+        with StopSignal() as stop:
             while step < end_step:
                 try:
                     local = next(iterator)
@@ -271,15 +274,19 @@ def run(
                             writer.write(step, {f"{p.name}/{k}": v for k, v in scalars.items()})
                 if stopping:
                     break
-        except BaseException:
-            # An error after a save (an evaluation's, an interrupt) never costs that checkpoint:
-            # orbax finishes writing it before the error goes on.
-            checkpoints.close()
-            raise
-
-    checkpoints.close()
-    progress.close()
-    writer.close()
+        checkpoints.close()
+        progress.close()
+        writer.close()
+    except paths.StoreUnreachable as e:
+        raise paths.StoreUnreachable(
+            f"{e}. {checkpoints.last_complete_text()}; the {what} stopped. Run the same command "
+            "once the store answers to resume from it."
+        ) from None
+    except BaseException:
+        # An error after a save (an evaluation's, an interrupt) never costs that checkpoint:
+        # orbax finishes writing it before the error goes on.
+        checkpoints.close()
+        raise
     preempted = stop.requested and step < end_step
     if preempted:
         _log.warning(
