@@ -145,8 +145,14 @@ class SvmBenchmark:
                 f"Train and test classes differ: {class_names} vs {test.meta['class_names']}; "
                 "config.data.train and config.data.test must be the same label space."
             )
+        if config.svm.solver == "sklearn" and not base.is_leader():
+            # liblinear fits on the host, without collectives: on a pod process 0 alone fits
+            # them and writes the results, and the others read them back, rather than every
+            # process fitting every SVM.
+            base.barrier(f"results {workdir}")
+            return scalars(paths.read_json(paths.join(workdir, base.RESULTS_FILE)))
         costs = tuple(float(c) for c in config.svm.costs)
-        layers, metrics = {}, {}
+        layers = {}
         for name, dims in train.meta["layers"].items():
             _log.info("%s: layer %s (%d dims)", config.evaluation, name, dims)
             x_train = train.layer(name)[train_rows]
@@ -158,7 +164,6 @@ class SvmBenchmark:
                     costs=costs, solver=config.svm.solver, class_names=class_names,
                     n_jobs=config.svm.n_jobs,
                 )  # fmt: skip
-                metrics[name] = 100.0 * float(result["mAP"])
             else:
                 result = svm.low_shot(
                     x_train, y_train, x_test, y_test,
@@ -167,8 +172,6 @@ class SvmBenchmark:
                     seed=config.seed, costs=costs, solver=config.svm.solver,
                     class_names=class_names, n_jobs=config.svm.n_jobs,
                 )  # fmt: skip
-                for k, stats in result["ks"].items():
-                    metrics[f"{name}/k{k}"] = 100.0 * float(stats["mean"])
             result["dims"] = int(x_train.shape[1])
             layers[name] = result
         results = {
@@ -185,7 +188,19 @@ class SvmBenchmark:
         table = markdown_table(results)
         base.write_results(workdir, results, table)
         _log.info("\n%s", table)
-        return metrics
+        return scalars(results)
+
+
+def scalars(results: dict[str, Any]) -> dict[str, float]:
+    """The numbers an attached run logs, in %: mAP per layer, or the mean per layer and k."""
+    out = {}
+    for name, result in results["layers"].items():
+        if "ks" in result:
+            for k, stats in result["ks"].items():
+                out[f"{name}/k{k}"] = 100.0 * float(stats["mean"])
+        else:
+            out[name] = 100.0 * float(result["mAP"])
+    return out
 
 
 def svm_rows(stored: features_lib.Stored, which: str) -> tuple[np.ndarray, int]:
