@@ -44,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 import jax  # noqa: E402
 
 from ssl_jax import config_lib, evaluators, paths  # noqa: E402
-from ssl_jax.train import loop  # noqa: E402
+from ssl_jax.train import loop, preemption  # noqa: E402
 from ssl_jax.train import pretrain as pretrain_lib  # noqa: E402
 
 
@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             evaluators.evaluate(config, args.workdir)
         else:
             pretrain_lib.pretrain(config, args.workdir)
+    except preemption.Preempted as e:
+        # A standalone benchmark stopped by SIGTERM at a safe point: a clean stop, not a failure.
+        logging.warning("Stopped by SIGTERM (%s). Run the same command to continue.", e)
+        return 0
     except (loop.TrainingDiverged, loop.InputPipelineError) as e:
         logging.error("%s", e)
         return 1
