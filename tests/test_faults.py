@@ -13,16 +13,24 @@ processes of 2 virtual CPU devices, a workdir in the emulated bucket) and are sl
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -221,3 +229,246 @@ def test_sigterm_during_an_attached_evaluation_and_the_rerun(gcs_bucket, tmp_pat
         assert resumed["layers"][layer]["mAP"] == expected["layers"][layer]["mAP"], layer
         aps = [[c["test_ap"] for c in r["layers"][layer]["classes"]] for r in (resumed, expected)]
         assert aps[0] == aps[1], layer
+
+
+# ---------------------------------------------------------------------------------------------
+# One process cannot read part of its shard
+
+NOBODY = 65534
+FOLDER_STEPS, LOCAL_BATCH = 4, 16  # the :runlocal global batch of 32 over 2 processes
+PREFETCH = 1  # config.data.prefetch: bounds how far decoding runs ahead of the steps
+
+
+def world_readable_dir(prefix: str, owner: int | None = None) -> str:
+    """A folder another user can read (pytest's tmp_path is private to root)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(path, 0o755)
+    if owner is not None:
+        os.chown(path, owner, owner)
+    return path
+
+
+def stream(shard: list[str], seed: int, process_index: int, epochs: int) -> list[str]:
+    """A process's records epoch after epoch, as ssl_jax.data.records.array_epoch orders them
+    (re-derived here so that the test does not trust the code it checks)."""
+    out = []
+    for epoch in range(epochs):
+        words = [int(v) & 0xFFFFFFFFFFFFFFFF for v in (seed, epoch, process_index)]
+        out += [shard[i] for i in np.random.default_rng(words).permutation(len(shard))]
+    return out
+
+
+@pytest.mark.slow
+def test_a_process_that_cannot_read_part_of_its_shard_skips_and_counts(
+    gcs_bucket, tmp_path, cifar10_dir
+):
+    """A 2-process pod trains on a folder of 48 CIFAR-10 JPEGs; process 1 reads records 1, 3,
+    5, ... and runs as an unprivileged user who may not read half of them (mode 000; process 0,
+    root, reads its own share and would read those too). Process 1 skips them, saying why; both
+    exit 0 after the 4 steps; process 1 used exactly 64 images, so its position in the
+    checkpoint is that of its 64th readable record, and the skipped_images count logged is the
+    unreadable records it passed on the way (plus any that decoding had read ahead, bounded by
+    the prefetch)."""
+    from ssl_jax import config_lib
+    from ssl_jax import data as data_lib  # TensorFlow: only in this test
+
+    data_dir = world_readable_dir("faults_data_")
+    try:
+        for name in ("airplane", "automobile"):
+            os.makedirs(os.path.join(data_dir, name), mode=0o755)
+            for k in range(24):
+                src = os.path.join(cifar10_dir, "train", name, f"{k:04d}.jpg")
+                dst = os.path.join(data_dir, name, f"{k:04d}.jpg")
+                shutil.copyfile(src, dst)
+                os.chmod(dst, 0o644)
+        config = config_lib.load_config(CONFIG.split("=", 1)[1])
+        config.data.source, config.data.path = "folder", data_dir
+        files = [p.decode() for p in data_lib.make_source(config.data).paths]
+        shard = files[1::2]  # process 1 of 2
+        unreadable = set(shard[::2])
+        for path in unreadable:
+            os.chmod(path, 0)
+
+        workdir = f"{gcs_bucket}/unreadable-{uuid.uuid4().hex[:8]}"
+        args = [
+            CONFIG, f"--workdir={workdir}", "--config.data.source=folder",
+            f"--config.data.path={data_dir}", "--config.train.progress_bar=False",
+            "--config.train.log_every=2", "--config.train.checkpoint_every=2",
+            f"--config.train.stop_after_steps={FOLDER_STEPS}",
+            "--config.evals.probe.every_steps=0", f"--config.data.prefetch={PREFETCH}",
+            "--config.data.num_parallel_calls=2",
+        ]  # fmt: skip
+        wrap, home, environ = {}, None, pod_environ()
+        if os.getuid() == 0:  # root reads anything: process 1 runs as nobody
+            wrap[1] = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+            home = world_readable_dir("faults_home_", owner=NOBODY)
+            environ["HOME"] = home  # caches of matplotlib and Keras
+        start = time.monotonic()
+        pod = local_pod.start(
+            2, args, logdir=str(tmp_path / "pod"), environ=environ, cwd=str(tmp_path), wrap=wrap
+        )
+        if wrap:  # its own temporary disk, before its interpreter has started
+            os.chown(pod.tmpdirs[1], NOBODY, NOBODY)
+        codes = pod.wait(timeout=TIMEOUT)
+        logs = [pod.log(i) for i in range(2)]
+        seconds = time.monotonic() - start
+    finally:
+        for path in files if "files" in locals() else ():
+            os.chmod(path, 0o644)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        if home:
+            shutil.rmtree(home, ignore_errors=True)
+    assert codes == [0, 0], logs[1][-4000:]
+    assert re.search(r"Skipping image \S+: unreadable \(permission denied for user id", logs[1])
+    assert "Skipping image" not in logs[0]
+
+    records = stream(shard, config.seed, 1, epochs=20)
+    readable_at = [i for i, path in enumerate(records) if path not in unreadable]
+
+    def unreadable_before(images: int) -> int:
+        """Unreadable records the stream passes before its images-th readable one."""
+        return readable_at[images - 1] + 1 - images
+
+    used = FOLDER_STEPS * LOCAL_BATCH
+    last = readable_at[used - 1]  # the last record of step 4
+    checkpoints = ckpt_lib.Checkpoints(workdir, keep=5, async_save=False)
+    try:
+        assert checkpoints.all_steps() == [2, FOLDER_STEPS]
+        saved = checkpoints.manager.restore(
+            FOLDER_STEPS, args=ocp.args.Composite(data=ocp.args.JsonRestore())
+        )
+    finally:
+        checkpoints.close()
+    positions = saved.data["positions"]
+    assert tuple(positions[1]) == divmod(last, len(shard)), (positions, seconds)
+    row = [r for r in read_metrics(workdir) if "loss" in r][-1]
+    assert row["step"] == FOLDER_STEPS
+    # Decoding runs ahead of the steps by the prefetched batch, the batch being built and the
+    # two records in flight; the count includes what it read.
+    ahead = (PREFETCH + 1) * LOCAL_BATCH + 2
+    assert unreadable_before(used) <= row["skipped_images"] <= unreadable_before(used + ahead), (
+        row, unreadable_before(used), unreadable_before(used + ahead), seconds
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# The local disk full
+
+SHORT_RUN = [
+    CONFIG,
+    "--config.train.progress_bar=False",
+    "--config.train.log_every=2",
+    "--config.train.checkpoint_every=2",
+    "--config.evals.probe.every_steps=0",
+]
+
+
+@contextlib.contextmanager
+def small_disk(kib: int):
+    """A tmpfs of ``kib`` KiB (root only: a real full disk, not a simulated error)."""
+    if os.getuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the CI machine runs as root)")
+    path = tempfile.mkdtemp(prefix="faults_disk_")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", path], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", path], check=True)
+        os.rmdir(path)
+
+
+def fill(directory: str) -> str:
+    """Writes a file in ``directory`` until the disk is full; returns its path."""
+    path = os.path.join(directory, "filler")
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+    return path
+
+
+@contextlib.contextmanager
+def main_process(args, cwd, log, **environ) -> Iterator[subprocess.Popen]:
+    """``python -m ssl_jax.main ARGS`` (2 devices), killed if still running at the end."""
+    env = pod_environ(XLA_FLAGS="--xla_force_host_platform_device_count=2", **environ)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ssl_jax.main", *args], cwd=cwd, env=env, stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def restorable(workdir: str, step: int) -> dict:
+    checkpoints = ckpt_lib.Checkpoints(workdir, keep=100, async_save=False)
+    try:
+        restored = checkpoints.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )
+    finally:
+        checkpoints.close()
+    return restored.state
+
+
+@pytest.mark.slow
+def test_full_temporary_disk_costs_a_bucket_run_nothing(gcs_bucket, tmp_path):
+    """TMPDIR, SSL_JAX_CACHE and HOME on a full tmpfs, the workdir in the bucket: with its
+    workdir in a bucket a training run writes to local disk only at start-up (the permutation
+    cache; Python's, Matplotlib's and Keras' probes, which fall back elsewhere), so it trains to
+    the end, says the cache could not be written, and its checkpoints restore."""
+    workdir = f"{gcs_bucket}/full-tmp-{uuid.uuid4().hex[:8]}"
+    with small_disk(64) as disk:
+        fill(disk)
+        log = tmp_path / "log.txt"
+        with main_process(
+            [*SHORT_RUN, f"--workdir={workdir}", "--config.train.stop_after_steps=4"], tmp_path,
+            log, TMPDIR=disk, SSL_JAX_CACHE=f"{disk}/cache", HOME=disk,
+        ) as proc:  # fmt: skip
+            assert proc.wait(timeout=TIMEOUT) == 0, log.read_text()[-4000:]
+    text = log.read_text()
+    assert f"Could not cache permutations in {disk}/cache/permutations" in text
+    assert "No space left on device" in text
+    assert ckpt_lib.saved_steps(workdir) == [2, 4]
+    assert int(restorable(workdir, 4)["step"]) == 4
+
+
+@pytest.mark.slow
+def test_local_disk_full_mid_run_stops_with_a_clear_error(tmp_path):
+    """A local workdir and TMPDIR on a 24 MiB tmpfs that the test fills once the step-2
+    checkpoint is complete: the run's next write fails; it stops with exit status 1 and one
+    error line, its last, naming the full disk and the fix (orbax's writer threads log their
+    own tracebacks before it), and the
+    checkpoints it completed restore (a half-written one is not counted)."""
+    with small_disk(24 * 1024) as disk:
+        workdir = os.path.join(disk, "run")
+        log = tmp_path / "log.txt"
+        with main_process(
+            [*SHORT_RUN, f"--workdir={workdir}", "--config.train.stop_after_steps=400",
+             "--config.train.keep_checkpoints=100"],
+            tmp_path, log, TMPDIR=disk, SSL_JAX_CACHE=f"{disk}/cache",
+        ) as proc:  # fmt: skip
+            deadline = time.monotonic() + TIMEOUT
+            while not ckpt_lib.saved_steps(workdir) and proc.poll() is None:
+                assert time.monotonic() < deadline, log.read_text()[-4000:]
+                time.sleep(0.05)
+            filler = fill(disk)
+            code = proc.wait(timeout=300)
+        text = log.read_text()
+        saved = ckpt_lib.saved_steps(workdir)
+        os.remove(filler)
+        assert code == 1, text[-4000:]
+        last = text.strip().splitlines()[-1]
+        assert "ERROR No space left on device" in last, text[-4000:]
+        assert f"Full: {workdir} (the workdir" in last and f"{disk} (TMPDIR" in last, last
+        assert "Free space on that disk, or point the temporary directory (TMPDIR)" in last
+        assert f"The last complete checkpoint is step {saved[-1]} in {workdir}" in last
+        assert saved and saved[-1] < 400
+        for step in saved:
+            assert int(restorable(workdir, step)["step"]) == step
