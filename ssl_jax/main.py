@@ -34,6 +34,7 @@ trains one run with two processes on one machine.
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
 import logging
 import os
@@ -41,6 +42,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 
 # TensorFlow only feeds the input pipeline; keep its C++ start-up chatter out of the run's log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -164,9 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         full = disk_full(e)
         if full is None:
             raise
-        logging.error("%s", disk_full_message(full, args.workdir))
-        # The checkpoint writer's pending futures fail the same way when the interpreter exits;
-        # asyncio would print each with a traceback after, and in place of, the message above.
+        message = disk_full_message(full, args.workdir)
+        logging.error("%s", message)
+        # The checkpoint writer's threads fail the same way and report it with tracebacks until
+        # they end (Python joins them before atexit), and asyncio reports their pending futures
+        # at exit: the message is repeated last, and the futures' reports are left out.
+        writers = [t for t in threading.enumerate() if t.is_alive() and not t.daemon]
+        if any(t is not threading.main_thread() for t in writers):
+            atexit.register(logging.error, "%s", message)
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         return 1
 
