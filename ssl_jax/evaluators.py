@@ -7,7 +7,9 @@ same trunk with fresh weights for ``random_init``) and runs the benchmark in ``w
 Attached to pretraining: every entry ``config.evals.LABEL`` of a pretraining config with
 ``every_steps`` set is built at start-up (its checks run before any step) and run by the loop
 at checkpoints every ``every_steps`` (-1: every checkpoint) and at the last step; its metrics
-are logged as ``LABEL/NAME``, its results written to ``W/evals/LABEL/step_N``.
+are logged as ``LABEL/NAME``, its results written to ``W/evals/LABEL/step_N``. SIGTERM stops an
+evaluation at its next safe point (``ssl_jax.train.preemption``); the same command run again
+resumes at that step and runs the evaluations whose results file is missing there first.
 
 Adding a benchmark: a module with a class that satisfies ``ssl_jax.evals.base.Evaluator`` and a
 ``defaults()`` config, one line in ``EVALUATORS``, and a config file in configs/evals/.
@@ -24,8 +26,9 @@ import ml_collections
 from ssl_jax import config_lib, paths, tasks
 from ssl_jax.colorization.picture import Picture
 from ssl_jax.evals import detection, linear, probe, svm_benchmark
-from ssl_jax.evals.base import Evaluator, Weights
+from ssl_jax.evals.base import RESULTS_FILE, Evaluator, Weights
 from ssl_jax.pretext import Pretext
+from ssl_jax.train import preemption
 from ssl_jax.train import state as state_lib
 
 _log = logging.getLogger(__name__)
@@ -102,7 +105,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     check(config)
     paths.makedirs(workdir)
     task, weights = load_weights(config)
-    return create(config, task).run(weights, workdir)
+    with preemption.listen():  # SIGTERM: Preempted at the benchmark's next safe point
+        return create(config, task).run(weights, workdir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +140,7 @@ def run_attached(
     evaluator: Evaluator, label: str, variables: dict[str, Any], step: int, workdir: str
 ) -> dict[str, float]:
     """Runs one attached evaluation on the live weights at ``step``, in W/evals/LABEL/step_N."""
-    out_dir = paths.join(workdir, "evals", label, f"step_{step}")
+    out_dir = attached_dir(workdir, label, step)
     _log.info("evaluation %s at step %d -> %s", label, step, out_dir)
     weights = Weights(
         {"params": variables["params"], "batch_stats": variables["batch_stats"]},
@@ -144,3 +148,15 @@ def run_attached(
         f"{workdir} step {step}",
     )
     return evaluator.run(weights, out_dir)
+
+
+def attached_dir(workdir: str, label: str, step: int) -> str:
+    """W/evals/LABEL/step_N, where the attached evaluation LABEL at ``step`` writes."""
+    return paths.join(workdir, "evals", label, f"step_{step}")
+
+
+def attached_done(evaluator: Evaluator, label: str, step: int, workdir: str) -> bool:
+    """Whether the attached evaluation LABEL at ``step`` finished: the file it writes last (its
+    ``results_file``, else results.json) is there."""
+    name = getattr(evaluator, "results_file", RESULTS_FILE)
+    return paths.isfile(paths.join(attached_dir(workdir, label, step), name))

@@ -34,9 +34,15 @@ trains one run with two processes on one machine.
 from __future__ import annotations
 
 import argparse
+import atexit
+import errno
 import logging
 import os
+import re
+import shutil
 import sys
+import tempfile
+import threading
 
 # TensorFlow only feeds the input pipeline; keep its C++ start-up chatter out of the run's log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -45,7 +51,7 @@ import jax  # noqa: E402
 
 from ssl_jax import config_lib, evaluators, paths  # noqa: E402
 from ssl_jax.train import checkpoint as ckpt_lib  # noqa: E402
-from ssl_jax.train import loop  # noqa: E402
+from ssl_jax.train import loop, preemption  # noqa: E402
 from ssl_jax.train import pretrain as pretrain_lib  # noqa: E402
 
 
@@ -161,15 +167,39 @@ def main(argv: list[str] | None = None) -> int:
         paths.set_retry_seconds(retry_seconds)
 
     try:
-        paths.makedirs(args.workdir)
+        return run(config, args.workdir)
+    except Exception as e:  # a full disk may surface from any library, wrapped in any type
+        full = disk_full(e)
+        if full is None:
+            raise
+        message = disk_full_message(full, args.workdir)
+        logging.error("%s", message)
+        # The checkpoint writer's threads fail the same way and report it with tracebacks until
+        # they end (Python joins them before atexit), and asyncio reports their pending futures
+        # at exit: the message is repeated last, and the futures' reports are left out.
+        writers = [t for t in threading.enumerate() if t.is_alive() and not t.daemon]
+        if any(t is not threading.main_thread() for t in writers):
+            atexit.register(logging.error, "%s", message)
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        return 1
+
+
+def run(config, workdir: str) -> int:
+    """Pretrains or evaluates in ``workdir``; the exit status, with known errors logged."""
+    try:
+        paths.makedirs(workdir)
         if jax.process_index() == 0:
             paths.write_text(
-                paths.join(args.workdir, "config.json"), config.to_json_best_effort(indent=2)
+                paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
             )
         if evaluators.is_evaluation(config):
-            evaluators.evaluate(config, args.workdir)
+            evaluators.evaluate(config, workdir)
         else:
-            pretrain_lib.pretrain(config, args.workdir)
+            pretrain_lib.pretrain(config, workdir)
+    except preemption.Preempted as e:
+        # A standalone benchmark stopped by SIGTERM at a safe point: a clean stop, not a failure.
+        logging.warning("Stopped by SIGTERM (%s). Run the same command to continue.", e)
+        return 0
     except (
         loop.TrainingDiverged,
         loop.InputPipelineError,
@@ -189,6 +219,84 @@ def main(argv: list[str] | None = None) -> int:
         logging.error("%s", e)
         return 2
     return 0
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(error: BaseException) -> OSError | str | None:
+    """The "no space left" error inside ``error`` (its causes included), or None.
+
+    An OSError with ENOSPC / EDQUOT where Python wrote the file; the message text where a
+    library (orbax, tensorstore, TensorFlow) wrapped the error in its own type.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            return error
+        text = str(error)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            written = re.search(r'[Ff]ailed writing:? "([^"]+)"', text)
+            if written:  # tensorstore (orbax's array writer) names the file it failed to write
+                return OSError(errno.ENOSPC, "No space left on device", written.group(1))
+            return text.strip().splitlines()[-1][:300]
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def disk_full_message(error: OSError | str, workdir: str) -> str:
+    """What to tell the user: the file or the full disk, what to free or move, and the last
+    complete checkpoint (kept: orbax completes a checkpoint only once every file is written)."""
+    if isinstance(error, OSError):
+        what = "No space left on device" + (
+            f" writing {error.filename}." if error.filename else "."
+        )
+    else:
+        what = f"No space left on device ({error})."
+    full = [f"{path} ({role}, {free // 1024} KiB free)" for role, path, free in full_disks(workdir)]
+    if full:
+        what += " Full: " + ", ".join(full) + "."
+    steps = ckpt_lib.saved_steps(workdir)
+    kept = (
+        f"The last complete checkpoint is step {steps[-1]} in {workdir}; the same command "
+        "resumes from it."
+        if steps
+        else f"No checkpoint was completed in {workdir}."
+    )
+    return (
+        f"{what} Free space on that disk, or point the temporary directory (TMPDIR), the "
+        "caches (SSL_JAX_CACHE, JAX_COMPILATION_CACHE_DIR) or --workdir at a larger one. "
+        f"{kept}"
+    )
+
+
+FULL_BELOW_BYTES = 16 * 2**20
+
+
+def full_disks(workdir: str) -> list[tuple[str, str, int]]:
+    """(role, path, free bytes) of the local places the run writes to that are (nearly) full.
+
+    A failed write names no file (Python's OSError from a write carries none), so the message
+    names the disks instead.
+    """
+    places = [
+        ("the workdir", workdir),
+        ("TMPDIR", tempfile.gettempdir()),
+        ("SSL_JAX_CACHE", os.environ.get("SSL_JAX_CACHE", "")),
+        ("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir or ""),
+    ]
+    out = []
+    for role, path in places:
+        if not path or paths.is_url(path):
+            continue
+        existing = os.path.abspath(path)
+        while not os.path.exists(existing) and existing != os.path.dirname(existing):
+            existing = os.path.dirname(existing)
+        free = shutil.disk_usage(existing).free
+        if free < FULL_BELOW_BYTES:
+            out.append((role, path, free))
+    return out
 
 
 if __name__ == "__main__":

@@ -87,6 +87,8 @@ def make_picture(
 class Picture:
     """The picture evaluator of a Colorization task."""
 
+    results_file = PICTURE_FILE  # what it writes, instead of results.json
+
     def __init__(self, config: ml_collections.ConfigDict, task: Pretext):
         if not isinstance(task, Colorization):
             raise config_lib.ConfigError(

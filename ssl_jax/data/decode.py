@@ -21,7 +21,9 @@ JPEGs much larger than needed are decoded at a reduced DCT scale (1/2, 1/4 or 1/
 anyway, and decoding large YFCC photos is several times faster this way.
 
 Skipped files, by reason (the keys of `skip_counts()`):
-- "missing": the file does not exist or cannot be read;
+- "missing": the file does not exist or cannot be read (a storage error);
+- "unreadable": the file exists but this process may not read it (permissions: on a pod, a
+  host whose user or mount differs from the others');
 - "empty": zero bytes, or an image with a zero-size side;
 - "not_image": no photo format (JPEG, PNG, GIF, BMP, WebP, TIFF, PPM, AVIF) recognises the bytes
   (random bytes, text, PDF, ...);
@@ -39,6 +41,7 @@ from __future__ import annotations
 import collections
 import io
 import logging
+import os
 import threading
 
 import numpy as np
@@ -49,7 +52,7 @@ from ssl_jax import paths
 
 _log = logging.getLogger(__name__)
 
-SKIP_REASONS = ("missing", "empty", "not_image", "truncated", "too_large", "corrupt")
+SKIP_REASONS = ("missing", "unreadable", "empty", "not_image", "truncated", "too_large", "corrupt")
 
 # The first few skips of each reason are logged with their path; later ones are only counted.
 MAX_LOGGED_PER_REASON = 10
@@ -167,11 +170,18 @@ def decode_image_bytes(data: bytes, min_short: int = 0) -> np.ndarray:
 
 
 def read_file_bytes(path: str) -> bytes:
-    """Reads a local or remote (gs://) file; raises SkippedImage("missing") on failure."""
+    """Reads a local or remote (gs://) file; raises SkippedImage("unreadable") when permissions
+    forbid it, SkippedImage("missing") on any other failure."""
     try:
         return paths.read_bytes(path)
+    except PermissionError as e:
+        raise SkippedImage("unreadable", f"permission denied for user id {_uid()}: {e}") from e
     except Exception as e:  # any file system's error: the image is skipped, not the run
         raise SkippedImage("missing", f"{type(e).__name__}: {e}") from e
+
+
+def _uid() -> int | str:
+    return os.getuid() if hasattr(os, "getuid") else "?"
 
 
 _EMPTY = np.zeros((1, 1, 3), np.uint8)

@@ -47,7 +47,7 @@ from ssl_jax.detection import proposals as proposals_lib
 from ssl_jax.evals import base
 from ssl_jax.evals import features as features_lib
 from ssl_jax.pretext import Pretext, compute_dtype
-from ssl_jax.train import loop
+from ssl_jax.train import loop, preemption
 from ssl_jax.train import optim as optim_lib
 
 _log = logging.getLogger(__name__)
@@ -582,7 +582,9 @@ class DetectionBenchmark:
             diverged_fix="Lower config.optim.base_lr or lengthen config.optim.warmup_steps",
         )
         if outcome.preempted:
-            return {}
+            raise preemption.Preempted(
+                f"the detector stopped at step {outcome.step} with its checkpoint saved"
+            )
         variables = {"params": outcome.state["params"],
                      "batch_stats": outcome.state["batch_stats"]}  # fmt: skip
         train_seconds = time.perf_counter() - start_time

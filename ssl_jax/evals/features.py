@@ -15,7 +15,8 @@ an image that could not be decoded: its row is zeros and evaluations leave it ou
 ``progress.json`` (rows done). Every process extracts its share of each global batch; the
 features are gathered on every process and process 0 writes each part once (no process needs a
 disk another can see, only the path layer's workdir); an interrupted extraction resumes after
-the last complete part.
+the last complete part. SIGTERM (``ssl_jax.train.preemption``) stops it between batches, on every
+process at the same batch, keeping the parts written.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ssl_jax import config_lib, paths
 from ssl_jax.evals import base
 from ssl_jax.models import make_trunk
 from ssl_jax.pretext import Pretext
+from ssl_jax.train import preemption
 
 _log = logging.getLogger(__name__)
 
@@ -302,6 +304,10 @@ def extract(
     done = int(progress["rows"]) if progress else 0
     if done >= n:
         return old
+    if done:
+        _log.info(
+            "features %s: resuming after the %d/%d rows saved in %s", dataset.name, done, n, out_dir
+        )
     leader = base.is_leader()
     if leader and not done:
         paths.makedirs(out_dir)
@@ -321,6 +327,7 @@ def extract(
     start, written, resumed_at = time.perf_counter(), done, done
     part: dict[str, list[np.ndarray]] = {}
     for batch in ds.as_numpy_iterator():
+        preemption.check(f"features {dataset.name}: {done}/{n} rows saved in {out_dir}")
         count = len(batch["position"])
         if count < local:  # the last, partial batch: pad with blanks that are never written
             pad = local - count

@@ -37,7 +37,7 @@ from ssl_jax.evals import base
 from ssl_jax.evals import features as features_lib
 from ssl_jax.models.batchnorm import GroupedBatchNorm
 from ssl_jax.pretext import Pretext
-from ssl_jax.train import loop
+from ssl_jax.train import loop, preemption
 from ssl_jax.train import optim as optim_lib
 
 _log = logging.getLogger(__name__)
@@ -446,7 +446,9 @@ class LinearBenchmark:
             diverged_fix="Lower config.optim.lr",
         )
         if outcome.preempted:
-            return {}
+            raise preemption.Preempted(
+                f"the linear classifiers stopped at step {outcome.step} with their checkpoint saved"
+            )
         if not tested:  # finished before this run: test the restored heads
             test(outcome.state)
         count = tested["count"]

@@ -25,6 +25,7 @@ from ssl_jax import config_lib, paths
 from ssl_jax.evals import base, svm
 from ssl_jax.evals import features as features_lib
 from ssl_jax.pretext import Pretext
+from ssl_jax.train import preemption
 
 _log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ class SvmBenchmark:
         costs = tuple(float(c) for c in config.svm.costs)
         layers = {}
         for name, dims in train.meta["layers"].items():
+            preemption.check(f"before the SVMs of layer {name}; features saved in {workdir}")
             _log.info("%s: layer %s (%d dims)", config.evaluation, name, dims)
             x_train = train.layer(name)[train_rows]
             x_test = test.layer(name)[test_rows]

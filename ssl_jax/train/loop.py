@@ -14,7 +14,10 @@ evaluations; the loop owns the rest:
   processes), divergence (a NaN or infinite loss stops the run, keeping the last good checkpoint),
   checkpoint (``train.checkpoint_every`` and the last step), evaluate (each periodic evaluation at
   its multiple of steps and at the last step, after that step's checkpoint), preemption (SIGTERM
-  saves a checkpoint and stops at the next log step, on every process at the same step).
+  saves a checkpoint and stops at the next log step, on every process at the same step; during an
+  evaluation, it stops the evaluation at its next safe point, ``ssl_jax.train.preemption``);
+- an evaluation that did not finish (interrupted, or its process lost) runs again when the run
+  resumes at its step, before any further step.
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ import dataclasses
 import logging
 import math
 import re
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -41,6 +42,7 @@ from jax.sharding import PartitionSpec as P
 from ssl_jax import config_lib, paths
 from ssl_jax.train import checkpoint as ckpt_lib
 from ssl_jax.train import metrics as metrics_lib
+from ssl_jax.train import preemption
 
 _log = logging.getLogger(__name__)
 
@@ -124,11 +126,18 @@ class Periodic:
 
     ``run(state, step) -> scalars``; the loop logs them as ``{name}/{key}``. ``every`` must be a
     multiple of train.log_every (0: at the last step only). It runs after that step's checkpoint.
+    It may raise ``preemption.Preempted`` (SIGTERM): the run then stops with that step's
+    checkpoint. ``done(step)``, if given, says whether its results at ``step`` exist: a run that
+    resumes at a step where they are missing runs it first.
     """
 
     name: str
     every: int
     run: Callable[[dict[str, Any], int], dict[str, float]]
+    done: Callable[[int], bool] | None = None
+
+    def due(self, step: int, end_step: int) -> bool:
+        return bool(self.every and step % self.every == 0) or step >= end_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,27 +149,6 @@ class Outcome:
     step: int
     metrics: dict[str, float]
     preempted: bool
-
-
-class StopSignal:
-    """Turns SIGTERM (preemption) into a flag the loop checks between steps."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        _log.warning("SIGTERM received: saving a checkpoint and stopping at the next log step.")
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def run(
@@ -222,19 +210,37 @@ def run(
     end_step = total_steps
     if train.get("stop_after_steps"):
         end_step = min(end_step, train.stop_after_steps)
-    if start_step >= end_step:
+    # An evaluation at the resumed step that did not finish (SIGTERM, a lost process) runs first.
+    unfinished = [p for p in periodic if p.done and start_step and p.due(start_step, end_step)]
+    unfinished = [p for p in unfinished if not p.done(start_step)]
+    if start_step >= end_step and not unfinished:
         checkpoints.close()
         return Outcome(state, start_step, {}, False)
 
     try:
         writer = metrics_lib.MetricsWriter(workdir, start_step)
-        progress = metrics_lib.Progress(total_steps, start_step, train.progress_bar)
-        window = _Window(batch_size, steps_per_epoch, skipped_images)
-        iterator = batches(start_position)
-        position = np.asarray(start_position or (0, -1), np.int64)
         last: dict[str, float] = {}
         step = start_step
-        with StopSignal() as stop:
+        interrupted = False
+        with preemption.listen():
+            if unfinished:
+                _log.info(
+                    "Running the evaluation(s) at step %d that did not finish: %s",
+                    start_step,
+                    ", ".join(p.name for p in unfinished),
+                )
+                if not _evaluate(unfinished, state, step, writer):
+                    checkpoints.close()
+                    writer.close()
+                    return Outcome(state, step, last, True)
+            if step >= end_step:
+                checkpoints.close()
+                writer.close()
+                return Outcome(state, step, last, False)
+            progress = metrics_lib.Progress(total_steps, start_step, train.progress_bar)
+            window = _Window(batch_size, steps_per_epoch, skipped_images)
+            iterator = batches(start_position)
+            position = np.asarray(start_position or (0, -1), np.int64)
             while step < end_step:
                 try:
                     local = next(iterator)
@@ -253,7 +259,7 @@ def run(
                 step += 1
                 window.add(step_metrics)
                 progress.update(1)
-                stopping = step >= end_step or _stop_requested(stop, step, train.log_every)
+                stopping = step >= end_step or _stop_requested(step, train.log_every)
                 if step % train.log_every and not stopping:
                     continue
                 last = window.close(step)
@@ -265,17 +271,20 @@ def run(
                         f"The loss of the {what} became {last['loss']} by step {step}. "
                         f"{_kept(checkpoints, good=True)}. {diverged_fix}, then rerun to resume."
                     )
-                if step % train.checkpoint_every == 0 or stopping:
+                saved = step % train.checkpoint_every == 0 or stopping
+                if saved:
                     checkpoints.save(step, state, gather_positions(position))
-                for p in periodic:
-                    if (p.every and step % p.every == 0) or step >= end_step:
-                        scalars = p.run(state, step)
-                        if scalars:
-                            writer.write(step, {f"{p.name}/{k}": v for k, v in scalars.items()})
+                due = [p for p in periodic if p.due(step, end_step)]
+                if due:
+                    interrupted = not _evaluate(due, state, step, writer)
+                    # SIGTERM in an evaluation that still finished: stop now, not a window later.
+                    stopping = stopping or interrupted or _stop_requested(step, train.log_every)
+                    if stopping and not saved:  # the rerun resumes here
+                        checkpoints.save(step, state, gather_positions(position))
                 if stopping:
                     break
+            progress.close()
         checkpoints.close()
-        progress.close()
         writer.close()
     except paths.StoreUnreachable as e:
         raise paths.StoreUnreachable(
@@ -287,7 +296,7 @@ def run(
         # orbax finishes writing it before the error goes on.
         checkpoints.close()
         raise
-    preempted = stop.requested and step < end_step
+    preempted = interrupted or (preemption.requested() and step < end_step)
     if preempted:
         _log.warning(
             "Stopped by SIGTERM at step %d of the %s; checkpoint saved. Run the same command to "
@@ -296,6 +305,32 @@ def run(
             what,
         )
     return Outcome(state, step, last, preempted)
+
+
+def _evaluate(
+    periodic: Sequence[Periodic],
+    state: dict[str, Any],
+    step: int,
+    writer: metrics_lib.MetricsWriter,
+) -> bool:
+    """Runs ``periodic`` at ``step`` and logs their scalars; False if SIGTERM interrupted one."""
+    for p in periodic:
+        try:
+            scalars = p.run(state, step)
+        except preemption.Preempted as e:
+            _log.warning(
+                "The evaluation %s at step %d was interrupted by SIGTERM (%s). The checkpoint at "
+                "step %d is kept; running the same command again runs this evaluation first, "
+                "reusing what it saved.",
+                p.name,
+                step,
+                e,
+                step,
+            )
+            return False
+        if scalars:
+            writer.write(step, {f"{p.name}/{k}": v for k, v in scalars.items()})
+    return True
 
 
 class _Window:
@@ -355,14 +390,13 @@ def _error_text(error: Exception) -> str:
     return (match.group(1) if match else text or type(error).__name__).strip()
 
 
-def _stop_requested(stop: StopSignal, step: int, log_every: int) -> bool:
+def _stop_requested(step: int, log_every: int) -> bool:
     if jax.process_count() == 1:
-        return stop.requested
+        return preemption.requested()
     # Every process must stop at the same step: agree at log steps.
     if step % log_every:
         return False
-    flags = multihost_utils.process_allgather(np.asarray(stop.requested))
-    return bool(np.any(flags))
+    return preemption.agreed()
 
 
 def gather_positions(position: np.ndarray) -> np.ndarray:

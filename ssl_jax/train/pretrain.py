@@ -8,6 +8,7 @@ that differs between Jigsaw, Colorization and the supervised baseline.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -140,7 +141,12 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         steps_per_epoch=plan.steps_per_epoch,
         mesh=mesh,
         periodic=[
-            loop.Periodic(label, every, evaluation(label, evaluator))
+            loop.Periodic(
+                label,
+                every,
+                evaluation(label, evaluator),
+                functools.partial(evaluators.attached_done, evaluator, label, workdir=workdir),
+            )
             for label, every, evaluator in attached
         ],
         skipped_images=data_lib.skipped_count,
