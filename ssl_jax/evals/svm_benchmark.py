@@ -146,16 +146,16 @@ class SvmBenchmark:
                 f"Train and test classes differ: {class_names} vs {test.meta['class_names']}; "
                 "config.data.train and config.data.test must be the same label space."
             )
-        if config.svm.solver == "sklearn" and not base.is_leader():
-            # liblinear fits on the host, without collectives: on a pod process 0 alone fits
-            # them and writes the results, and the others read them back, rather than every
-            # process fitting every SVM.
-            base.barrier(f"results {workdir}")
-            return scalars(paths.read_json(paths.join(workdir, base.RESULTS_FILE)))
+        # liblinear fits on the host, without collectives: on a pod process 0 alone fits the
+        # SVMs and writes the results, and the others read them back, rather than every process
+        # fitting every SVM. Every process still takes part in each layer's preemption check.
+        fits_here = config.svm.solver != "sklearn" or base.is_leader()
         costs = tuple(float(c) for c in config.svm.costs)
         layers = {}
         for name, dims in train.meta["layers"].items():
             preemption.check(f"before the SVMs of layer {name}; features saved in {workdir}")
+            if not fits_here:
+                continue
             _log.info("%s: layer %s (%d dims)", config.evaluation, name, dims)
             x_train = train.layer(name)[train_rows]
             x_test = test.layer(name)[test_rows]
@@ -176,6 +176,9 @@ class SvmBenchmark:
                 )  # fmt: skip
             result["dims"] = int(x_train.shape[1])
             layers[name] = result
+        if not fits_here:
+            base.barrier(f"results {workdir}")
+            return scalars(paths.read_json(paths.join(workdir, base.RESULTS_FILE)))
         results = {
             **base.results_header(config, self.task, weights),
             "train": {"dataset": train.meta["dataset"], "images": int(len(train_rows)),
