@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 
@@ -40,3 +41,11 @@ def machine_info() -> dict:
     except OSError:
         pass
     return info
+
+
+def write_result(path: str, result: dict) -> None:
+    """Writes a benchmark's result JSON (its folder created) and says where."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {path}")

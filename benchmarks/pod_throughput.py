@@ -78,7 +78,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from benchmarks.machine import machine_info  # noqa: E402
+from benchmarks.machine import machine_info, write_result  # noqa: E402
 from ssl_jax import config_lib, paths, tasks  # noqa: E402
 from ssl_jax.train import checkpoint as ckpt_lib  # noqa: E402
 from ssl_jax.train import loop  # noqa: E402
@@ -779,10 +779,7 @@ def main(argv=None) -> int:
             rates, bucket["blocked_s_median"], bucket["complete_s_median"], steps
         )
         print_estimates(result["estimates"])
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

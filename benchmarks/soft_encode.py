@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import statistics
 import sys
@@ -54,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.machine import write_result  # noqa: E402
 from benchmarks.train_step import machine_info, timed_step  # noqa: E402
 from ssl_jax.colorization import encode  # noqa: E402
 from ssl_jax.colorization.bins import NUM_BINS, ab_bins  # noqa: E402
@@ -365,10 +365,7 @@ def main(argv=None) -> int:
         "bins_seen": int((counts > 0).sum()),
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

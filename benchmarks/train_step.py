@@ -65,7 +65,6 @@ reference); the better JAX figure is the peak that achieved FLOP/s are a fractio
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -79,6 +78,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.machine import machine_info as shared_machine_info  # noqa: E402
+from benchmarks.machine import write_result  # noqa: E402
 from ssl_jax import config_lib, tasks  # noqa: E402
 from ssl_jax.colorization import encode as colorization_encode  # noqa: E402
 from ssl_jax.colorization import lab as lab_lib  # noqa: E402
@@ -1001,10 +1001,7 @@ def run(args, models, on_accelerator: bool, backend: str, argv) -> int:
         "torch_note": torch_note,
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -331,15 +330,8 @@ def test_a_process_that_cannot_read_part_of_its_shard_skips_and_counts(
 
     used = FOLDER_STEPS * LOCAL_BATCH
     last = readable_at[used - 1]  # the last record of step 4
-    checkpoints = ckpt_lib.Checkpoints(workdir, keep=5, async_save=False)
-    try:
-        assert checkpoints.all_steps() == [2, FOLDER_STEPS]
-        saved = checkpoints.manager.restore(
-            FOLDER_STEPS, args=ocp.args.Composite(data=ocp.args.JsonRestore())
-        )
-    finally:
-        checkpoints.close()
-    positions = saved.data["positions"]
+    assert ckpt_lib.saved_steps(workdir) == [2, FOLDER_STEPS]
+    positions = ckpt_lib.read_saved(workdir, FOLDER_STEPS)[1]
     assert tuple(positions[1]) == divmod(last, len(shard)), (positions, seconds)
     row = [r for r in read_metrics(workdir) if "loss" in r][-1]
     assert row["step"] == FOLDER_STEPS
@@ -408,14 +400,7 @@ def main_process(args, cwd, log, **environ) -> Iterator[subprocess.Popen]:
 
 
 def restorable(workdir: str, step: int) -> dict:
-    checkpoints = ckpt_lib.Checkpoints(workdir, keep=100, async_save=False)
-    try:
-        restored = checkpoints.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-        )
-    finally:
-        checkpoints.close()
-    return restored.state
+    return ckpt_lib.read_saved(workdir, step)[0]
 
 
 @pytest.mark.slow

@@ -146,16 +146,7 @@ def losses(workdir):
 
 
 def positions(workdir, step):
-    checkpoints = ckpt_lib.Checkpoints(workdir, keep=10, async_save=False)
-    try:
-        import orbax.checkpoint as ocp
-
-        restored = checkpoints.manager.restore(
-            step, args=ocp.args.Composite(data=ocp.args.JsonRestore())
-        )
-    finally:
-        checkpoints.close()
-    return np.asarray(restored.data["positions"])
+    return ckpt_lib.read_saved(workdir, step)[1]
 
 
 @pytest.mark.slow

@@ -31,7 +31,6 @@ import time
 import uuid
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from ssl_jax import local_pod, paths
@@ -182,15 +181,7 @@ def skipped(workdir):
 
 
 def positions(workdir, step):
-    """Every process's (epoch, index) in its input stream, saved with the checkpoint at step."""
-    checkpoints = ckpt_lib.Checkpoints(workdir, keep=100, async_save=False)
-    try:
-        restored = checkpoints.manager.restore(
-            step, args=ocp.args.Composite(data=ocp.args.JsonRestore())
-        )
-    finally:
-        checkpoints.close()
-    return np.asarray(restored.data["positions"])
+    return ckpt_lib.read_saved(workdir, step)[1]
 
 
 def svm_map(workdir, step=STEPS):

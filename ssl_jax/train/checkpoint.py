@@ -235,6 +235,21 @@ def bound_tensorstore_retries(seconds: float) -> None:
         context["gcs_request_retries"] = dict(retries)
 
 
+def read_saved(workdir: str, step: int) -> tuple[dict[str, Any], np.ndarray]:
+    """(train state as NumPy arrays, input positions (processes, 2)) of the checkpoint at
+    ``step``, read as saved (no target shardings), without changing the workdir."""
+    checkpoints = Checkpoints(workdir, keep=1_000_000, async_save=False)
+    try:
+        restored = checkpoints.manager.restore(
+            int(step),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()),
+        )
+    finally:
+        checkpoints.close()
+    state = jax.tree.map(np.asarray, restored.state)
+    return state, np.asarray(restored.data["positions"], np.int64)
+
+
 def saved_steps(workdir: str) -> list[int]:
     """The completed checkpoints' steps in workdir/checkpoints, without opening orbax. On a local
     disk orbax writes each checkpoint under a temporary name and renames it when complete, so
