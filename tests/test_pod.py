@@ -15,7 +15,7 @@ Step 1 agrees to float32 rounding and later steps drift by gradient-sum rounding
 tests/test_multihost.py explains (rtol 1e-2 there too). The 1-process run's seed-to-seed spread is
 measured here with seeds 0, 1, 2 and printed.
 
-Slow: about 25 minutes on 2 cores (measured: see RELIABILITY.md).
+Slow: about 13 minutes on 2 cores (measured: see RELIABILITY.md).
 ``python -m pytest -m slow tests/test_pod.py``.
 """
 

@@ -10,6 +10,7 @@ on disk so that it can be stopped and started again mid-run.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import re
@@ -34,6 +35,14 @@ JIGSAW = f"{ROOT}/configs/jigsaw_r50.py:runlocal,depth=18,width=0.125"
 
 
 # ----------------------------------------------------------------------------- retries
+
+
+@pytest.fixture(autouse=True, scope="module")
+def collect_left_behind_loops():
+    """Orbax's and tensorstore's asyncio loops, closed under the fallback tests, are finalized
+    here rather than in whatever test the garbage collector next runs in."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture
