@@ -34,7 +34,6 @@ trains one run with two processes on one machine.
 from __future__ import annotations
 
 import argparse
-import atexit
 import errno
 import logging
 import os
@@ -42,7 +41,6 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 
 # TensorFlow only feeds the input pipeline; keep its C++ start-up chatter out of the run's log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -78,6 +76,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
         parser.error("--workdir is required")
     return args, overrides
 
+
+# A fault's message, said again as the last line of the output before a run that stopped on it
+# exits (see the end of this file).
+LAST_WORDS: list[str] = []
 
 DISTRIBUTED_ENV = {
     "SSL_JAX_COORDINATOR": "coordinator_address",
@@ -174,12 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = disk_full_message(full, args.workdir)
         logging.error("%s", message)
-        # The checkpoint writer's threads fail the same way and report it with tracebacks until
-        # they end (Python joins them before atexit), and asyncio reports their pending futures
-        # at exit: the message is repeated last, and the futures' reports are left out.
-        writers = [t for t in threading.enumerate() if t.is_alive() and not t.daemon]
-        if any(t is not threading.main_thread() for t in writers):
-            atexit.register(logging.error, "%s", message)
+        # The checkpoint writer's threads fail the same way and report it with tracebacks
+        # meanwhile: the message is said again as the process's last words.
+        LAST_WORDS.append(message)
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         return 1
 
@@ -208,6 +207,7 @@ def run(config, workdir: str) -> int:
     ) as e:
         # Faults met while running, each with a message that names what is kept and what to do.
         logging.error("%s", e)
+        LAST_WORDS.append(str(e))
         return 1
     except (FileNotFoundError, config_lib.ConfigError) as e:
         # Data and shape problems found at start-up carry a message that says what to change.
@@ -299,14 +299,32 @@ def full_disks(workdir: str) -> list[tuple[str, str, int]]:
     return out
 
 
+def leave(code: int) -> None:
+    """Exits at once after a fault (status 1), its message the last line of the output.
+
+    Orbax's background save threads may still wait minutes on a store that is gone, and they
+    and tensorstore's callbacks print tracebacks meanwhile: the output is closed to them, the
+    fault's message is written once more, and the process leaves without them.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    output = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    if LAST_WORDS:
+        handlers = logging.getLogger().handlers
+        record = logging.LogRecord(
+            "ssl_jax", logging.ERROR, __file__, 0, "%s", (LAST_WORDS[-1],), None
+        )
+        text = handlers[0].format(record) if handlers else LAST_WORDS[-1]
+        os.write(output, (text + "\n").encode())
+    os._exit(code)
+
+
 if __name__ == "__main__":
     code = main()
     if code == 1:
-        # A fault stopped the run, its message logged last. Orbax's background save threads may
-        # still wait minutes on a store that is gone (and tensorstore's callbacks print "Event
-        # loop is closed" tracebacks meanwhile): leave without them.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        leave(code)
     sys.exit(code)

@@ -331,7 +331,7 @@ def test_a_process_that_cannot_read_part_of_its_shard_skips_and_counts(
     used = FOLDER_STEPS * LOCAL_BATCH
     last = readable_at[used - 1]  # the last record of step 4
     assert ckpt_lib.saved_steps(workdir) == [2, FOLDER_STEPS]
-    positions = ckpt_lib.read_saved(workdir, FOLDER_STEPS)[1]
+    positions = ckpt_lib.read_positions(workdir, FOLDER_STEPS)
     assert tuple(positions[1]) == divmod(last, len(shard)), (positions, seconds)
     row = [r for r in read_metrics(workdir) if "loss" in r][-1]
     assert row["step"] == FOLDER_STEPS
@@ -400,7 +400,7 @@ def main_process(args, cwd, log, **environ) -> Iterator[subprocess.Popen]:
 
 
 def restorable(workdir: str, step: int) -> dict:
-    return ckpt_lib.read_saved(workdir, step)[0]
+    return ckpt_lib.read_state(workdir, step)
 
 
 @pytest.mark.slow

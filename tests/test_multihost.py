@@ -146,7 +146,7 @@ def losses(workdir):
 
 
 def positions(workdir, step):
-    return ckpt_lib.read_saved(workdir, step)[1]
+    return ckpt_lib.read_positions(workdir, step)
 
 
 @pytest.mark.slow

@@ -181,7 +181,7 @@ def skipped(workdir):
 
 
 def positions(workdir, step):
-    return ckpt_lib.read_saved(workdir, step)[1]
+    return ckpt_lib.read_positions(workdir, step)
 
 
 def svm_map(workdir, step=STEPS):

@@ -235,19 +235,25 @@ def bound_tensorstore_retries(seconds: float) -> None:
         context["gcs_request_retries"] = dict(retries)
 
 
-def read_saved(workdir: str, step: int) -> tuple[dict[str, Any], np.ndarray]:
-    """(train state as NumPy arrays, input positions (processes, 2)) of the checkpoint at
-    ``step``, read as saved (no target shardings), without changing the workdir."""
+def read_positions(workdir: str, step: int) -> np.ndarray:
+    """The input positions (processes, 2) saved with the checkpoint at ``step``, read without
+    changing the workdir (any process count)."""
+    return np.asarray(_read(workdir, step, data=ocp.args.JsonRestore()).data["positions"])
+
+
+def read_state(workdir: str, step: int) -> dict[str, Any]:
+    """The train state of the checkpoint at ``step`` as NumPy arrays, read without changing the
+    workdir, onto the devices it was saved from (so: a checkpoint of this machine's devices)."""
+    state = _read(workdir, step, state=ocp.args.StandardRestore()).state
+    return jax.tree.map(np.asarray, state)
+
+
+def _read(workdir: str, step: int, **items: Any) -> Any:
     checkpoints = Checkpoints(workdir, keep=1_000_000, async_save=False)
     try:
-        restored = checkpoints.manager.restore(
-            int(step),
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()),
-        )
+        return checkpoints.manager.restore(int(step), args=ocp.args.Composite(**items))
     finally:
         checkpoints.close()
-    state = jax.tree.map(np.asarray, restored.state)
-    return state, np.asarray(restored.data["positions"], np.int64)
 
 
 def saved_steps(workdir: str) -> list[int]:
