@@ -12,7 +12,6 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from ssl_jax.train import checkpoint as ckpt_lib
@@ -60,14 +59,7 @@ def checkpoints(workdir):
 
 def saved_state(workdir):
     """The train state of a run's latest checkpoint (params, batch_stats, opt_state, step, rng)."""
-    saved = ckpt_lib.Checkpoints(str(workdir), keep=100, async_save=False)
-    try:
-        restored = saved.manager.restore(
-            saved.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
-        )
-    finally:
-        saved.close()
-    return jax.tree.map(np.asarray, restored.state)
+    return ckpt_lib.read_state(str(workdir), checkpoints(workdir)[-1])
 
 
 def wait_for(predicate, proc, timeout):
