@@ -214,6 +214,8 @@ def run(config, workdir: str) -> int:
         logging.error("%s", e)
         return 2
     except ValueError as e:
+        if disk_full(e) is not None:
+            raise  # tensorstore reports a full disk as a ValueError: main() says what to free
         # Bad input (images, labels, features, shapes), also of an evaluation attached to
         # pretraining: the message names the value and the fix; checkpoints are kept.
         logging.error("%s", e)

@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ssl_jax import local_pod, paths
+from ssl_jax import main as main_lib
 from ssl_jax.train import checkpoint as ckpt_lib
 from ssl_jax.train import loop, preemption
 from ssl_jax.train.metrics import read_metrics
@@ -423,6 +424,38 @@ def test_full_temporary_disk_costs_a_bucket_run_nothing(gcs_bucket, tmp_path):
     assert "No space left on device" in text
     assert ckpt_lib.saved_steps(workdir) == [2, 4]
     assert int(restorable(workdir, 4)["step"]) == 4
+
+
+@pytest.mark.parametrize(
+    "error, code, said",
+    [
+        (ValueError("Image 'a.jpg' is 1x1 pixels; crop needs 64."), 2, "1x1 pixels"),
+        # tensorstore's wording when orbax's array writer meets a full disk
+        (
+            ValueError(
+                'RESOURCE_EXHAUSTED: Error writing local file "/d/ck/4/_sharding": Failed '
+                'writing: "/d/ck/4/_sharding.__lock": No space left on device [os_error_code=28]'
+            ),
+            1,
+            "No space left on device writing /d/ck/4/_sharding.__lock",
+        ),
+    ],
+    ids=["bad-input", "disk-full"],
+)
+def test_a_full_disk_reported_as_value_error_is_not_taken_for_bad_input(
+    tmp_path, monkeypatch, capsys, error, code, said
+):
+    """ValueError means bad input (exit 2) except when it carries a full disk (exit 1 with the
+    disk message): tensorstore reports both with the same type."""
+
+    def fail(config, workdir):
+        raise error
+
+    monkeypatch.setattr(main_lib.pretrain_lib, "pretrain", fail)
+    monkeypatch.setattr(main_lib, "LAST_WORDS", [])
+    got = main_lib.main([CONFIG, f"--workdir={tmp_path / 'run'}"])
+    assert got == code
+    assert said in capsys.readouterr().err  # main() logs to stderr
 
 
 @pytest.mark.slow
