@@ -183,18 +183,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def execute(config, workdir: str) -> dict[str, float]:
+    """Pretrains or evaluates (``config`` decides) in ``workdir``, after writing its
+    config.json; returns the last logged metrics. Errors propagate (``run`` turns them into exit
+    statuses)."""
+    paths.makedirs(workdir)
+    if jax.process_index() == 0:
+        paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    if evaluators.is_evaluation(config):
+        return evaluators.evaluate(config, workdir)
+    return pretrain_lib.pretrain(config, workdir)
+
+
 def run(config, workdir: str) -> int:
     """Pretrains or evaluates in ``workdir``; the exit status, with known errors logged."""
     try:
-        paths.makedirs(workdir)
-        if jax.process_index() == 0:
-            paths.write_text(
-                paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
-            )
-        if evaluators.is_evaluation(config):
-            evaluators.evaluate(config, workdir)
-        else:
-            pretrain_lib.pretrain(config, workdir)
+        execute(config, workdir)
     except preemption.Preempted as e:
         # A standalone benchmark stopped by SIGTERM at a safe point: a clean stop, not a failure.
         logging.warning("Stopped by SIGTERM (%s). Run the same command to continue.", e)

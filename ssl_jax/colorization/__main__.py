@@ -27,10 +27,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from ssl_jax import config_lib, paths, tasks  # noqa: E402
-from ssl_jax.colorization import data_bins, picture, predict  # noqa: E402
+from ssl_jax.colorization import data_bins, picture  # noqa: E402
 from ssl_jax.colorization import task as task_lib  # noqa: E402
 from ssl_jax.colorization.bins import ZHANG_BIN_SIZE  # noqa: E402
-from ssl_jax.train import state as state_lib  # noqa: E402
 
 
 def _priors(args, overrides) -> int:
@@ -62,14 +61,10 @@ def _priors(args, overrides) -> int:
 
 
 def _show(args) -> int:
-    _, task, step, variables = state_lib.restore_variables(args.workdir, args.step)
-    config = picture.defaults()
-    config.images = args.num
-    if args.temperature is not None:
-        config.temperature = args.temperature
-    out = args.out or paths.join(args.workdir, "samples", f"show_step_{step:08d}.png")
-    drawn = picture.Picture(config, task).draw(variables)
-    predict.write_grid(drawn, out)
+    temperature = picture.defaults().temperature if args.temperature is None else args.temperature
+    out, step = picture.draw_run(
+        args.workdir, args.out, step=args.step, images=args.num, temperature=temperature
+    )
     print(f"Wrote {out}: grayscale input | prediction | ground truth, step {step}.")
     return 0
 

@@ -23,6 +23,7 @@ from ssl_jax.colorization import predict
 from ssl_jax.colorization.task import Colorization, lab_conversion, lab_targets
 from ssl_jax.evals import base
 from ssl_jax.pretext import Pretext
+from ssl_jax.train import state as state_lib
 
 _log = logging.getLogger(__name__)
 
@@ -125,3 +126,23 @@ class Picture:
         predict.write_grid(self.draw(weights.variables), path)
         _log.info("Wrote %s (grayscale input | prediction | ground truth)", path)
         return {}
+
+
+def draw_run(
+    workdir: str,
+    out: str | None = None,
+    *,
+    step: int | None = None,
+    images: int = 8,
+    temperature: float = 0.38,
+) -> tuple[str, int]:
+    """Writes the picture of a Colorization run's checkpoint (the latest, or ``step``) for
+    ``images`` fixed crops of its own data; returns (the PNG's path, the step). Default path:
+    ``workdir/samples/show_step_S.png``."""
+    _, task, step, variables = state_lib.restore_variables(workdir, step)
+    config = defaults()
+    config.images = images
+    config.temperature = temperature
+    out = out or paths.join(workdir, "samples", f"show_step_{step:08d}.png")
+    predict.write_grid(Picture(config, task).draw(variables), out)
+    return out, step

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -14,6 +16,20 @@ from tqdm import tqdm
 from ssl_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
+
+# Called with every row written on process 0 (``listening``): a notebook's live plot.
+_listeners: list[Callable[[dict[str, Any]], None]] = []
+
+
+@contextlib.contextmanager
+def listening(listener: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+    """Calls ``listener(row)`` with every metrics row any run in this process writes (process 0
+    only), as it is written, while the context is open."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -48,6 +64,8 @@ class MetricsWriter:
         row.update({k: _plain(v) for k, v in scalars.items()})
         with paths.open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        for listener in list(_listeners):
+            listener(dict(row))
         if self._tb is not None:
             self._tb.scalars(
                 {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},

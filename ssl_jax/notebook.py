@@ -1,0 +1,237 @@
+"""What the notebooks in colab/ call (and any notebook may): the devices, configs by their spec,
+runs of the main command in the notebook's own process with a live plot, figures saved as PNGs.
+
+    from ssl_jax import notebook
+    notebook.show_devices()
+    config = notebook.config("configs/jigsaw_r50.py:runlocal", {"optim.batch_size": 16})
+    rows = notebook.run(config, "/content/runs/jigsaw", figures="/content/figures")
+
+A run here is ``python -m ssl_jax.main``'s (same config.json, checkpoints, metrics.jsonl,
+resumption by running again) in the notebook's process, which on a TPU runtime is the one that
+holds the chips. Errors are raised, with the messages the command prints, not exit statuses.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+
+from ssl_jax import config_lib, evaluators, paths, sweep
+from ssl_jax import main as main_lib
+from ssl_jax.train import metrics as metrics_lib
+from ssl_jax.train import pretrain as pretrain_lib
+
+_log = logging.getLogger(__name__)
+
+
+def repo_root() -> str:
+    """The checkout ssl_jax runs from (configs/, benchmarks/ beside the package); an error
+    naming the fix when ssl_jax was installed without one."""
+    if not os.path.isdir(os.path.join(sweep.REPO_ROOT, "configs")):
+        raise FileNotFoundError(
+            f"{sweep.REPO_ROOT} has no configs/ folder: ssl_jax was installed without its "
+            "repository. Clone it (git clone URL) or upload the folder and `pip install -e` it, "
+            "as the notebooks' first cell does."
+        )
+    return sweep.REPO_ROOT
+
+
+def show_devices() -> str:
+    """Prints and returns the JAX version, the backend and its devices."""
+    devices = jax.devices()
+    text = (
+        f"JAX {jax.__version__}, backend {jax.default_backend()}: {len(devices)} device(s), "
+        f"{devices[0].device_kind}; processes: {jax.process_count()}\n  {devices}"
+    )
+    print(text)
+    return text
+
+
+def config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """The config of ``spec`` ("configs/jigsaw_r50.py:runlocal"; a relative path is looked up in
+    the working directory, then in the repository) with ``overrides`` ({"optim.batch_size": 16},
+    as the command's --config.optim.batch_size=16), checked as the command checks it."""
+    config = config_lib.load_config(sweep.resolve_spec(spec))
+    items = [(key, _raw(value)) for key, value in (overrides or {}).items()]
+    config_lib.apply_overrides(config, items)
+    if evaluators.is_evaluation(config):
+        evaluators.check(config)
+    else:
+        pretrain_lib.check(config)
+    return config
+
+
+def _raw(value: Any) -> str:
+    """A Python value as the command line would give it."""
+    return value if isinstance(value, str) else repr(value)
+
+
+def _show_logs() -> None:
+    """The library's INFO lines in the notebook's output, once."""
+    logger = logging.getLogger("ssl_jax")
+    if not any(getattr(h, "_ssl_jax_notebook", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        handler._ssl_jax_notebook = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    live: bool = True,
+    figures: str | None = None,
+    name: str | None = None,
+) -> list[dict[str, Any]] | dict[str, float]:
+    """Runs ``config`` in ``workdir`` as ``python -m ssl_jax.main`` would, in this process.
+
+    Pretraining: with ``live``, a figure of the loss and the images/s per device redrawn at
+    every logged step (``LivePlot``), saved as ``figures/NAME_training.png`` at the end (NAME:
+    ``name`` or the workdir's last part); returns the run's metrics rows (metrics.jsonl).
+    Evaluation: returns its metrics (results.json has the details; ``read_results``).
+    """
+    _show_logs()
+    if evaluators.is_evaluation(config):
+        return main_lib.execute(config, workdir)
+    config = ml_collections.ConfigDict(config)  # the caller's stays as given
+    config.train.progress_bar = False  # the live plot (or the log lines) instead
+    name = name or paths.basename(workdir.rstrip("/"))
+    if not live:
+        main_lib.execute(config, workdir)
+        return metrics_lib.read_metrics(workdir)
+    plot = LivePlot(f"{config.task}: {name}")
+    with metrics_lib.listening(plot.add):
+        plot.add_rows(metrics_lib.read_metrics(workdir))  # a resumed run's earlier rows
+        try:
+            main_lib.execute(config, workdir)
+        finally:
+            plot.finish(paths.join(figures, f"{name}_training.png") if figures else None)
+    return metrics_lib.read_metrics(workdir)
+
+
+def read_results(workdir: str) -> dict[str, Any]:
+    """An evaluation's results.json."""
+    path = paths.join(workdir, "results.json")
+    if not paths.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: no evaluation finished in {workdir}.")
+    return paths.read_json(path)
+
+
+class LivePlot:
+    """Loss and throughput (images/s per device) against the step, redrawn in the notebook's
+    output as rows arrive; outside IPython it draws without showing."""
+
+    def __init__(self, title: str):
+        # matplotlib: only where a figure is drawn
+        import matplotlib
+
+        if "ipykernel" not in sys.modules and "IPython" not in sys.modules:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        self.rows: list[dict[str, Any]] = []
+        self.devices = jax.device_count()
+        self.fig, (self.loss_axes, self.speed_axes) = plt.subplots(1, 2, figsize=(11, 3.6))
+        self.fig.suptitle(title)
+        plt.close(self.fig)  # shown through the display handle only
+        self.handle = _display(self.fig)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.add_rows([row])
+
+    def add_rows(self, rows: list[dict[str, Any]]) -> None:
+        rows = [r for r in rows if "loss" in r]
+        if not rows:
+            return
+        self.rows.extend(rows)
+        self._draw()
+        if self.handle is not None:
+            self.handle.update(self.fig)
+
+    def _draw(self) -> None:
+        steps = [r["step"] for r in self.rows]
+        loss = [_number(r["loss"]) for r in self.rows]
+        ax = self.loss_axes
+        ax.clear()
+        ax.plot(steps, loss, marker=".", label="loss")
+        top1 = [_number(r.get("top1")) for r in self.rows]
+        if any(v is not None for v in top1):
+            twin = getattr(self, "_twin", None) or ax.twinx()
+            self._twin = twin
+            twin.clear()
+            twin.plot(steps, top1, color="tab:orange", marker=".", label="top-1")
+            twin.set_ylabel("top-1", color="tab:orange")
+        ax.set(xlabel="step", ylabel="loss", title=f"loss {loss[-1]:.4g} at step {steps[-1]}")
+        speed = [
+            (r["step"], r["images_per_sec"] / self.devices)
+            for r in self.rows
+            if _number(r.get("images_per_sec")) is not None
+        ]
+        ax = self.speed_axes
+        ax.clear()
+        if speed:
+            ax.plot(*zip(*speed, strict=True), marker=".", color="tab:green")
+            ax.set_title(f"{speed[-1][1]:.1f} images/s per device ({self.devices} devices)")
+        ax.set(xlabel="step", ylabel="images/s per device")
+        self.fig.tight_layout()
+
+    def finish(self, path: str | None) -> None:
+        """Saves the figure (local or gs://) if ``path`` is given and there is anything drawn."""
+        if path and self.rows:
+            save_figure(self.fig, path)
+
+
+def _number(value: Any) -> float | None:
+    """A metrics value as a float; None for absent ones ("nan" strings stay NaN)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _display(fig):
+    """A display handle for ``fig`` in IPython; None elsewhere."""
+    if "IPython" not in sys.modules:
+        return None
+    from IPython import get_ipython  # only inside IPython
+    from IPython.display import display
+
+    if get_ipython() is None:
+        return None
+    return display(fig, display_id=True)
+
+
+def save_figure(fig, path: str) -> str:
+    """Writes a matplotlib figure as a PNG (local or gs://); returns the path."""
+    png = io.BytesIO()
+    fig.savefig(png, dpi=110, format="png", bbox_inches="tight")
+    paths.makedirs(paths.dirname(path))
+    paths.write_bytes(path, png.getvalue())
+    _log.info("Wrote %s", path)
+    return path
+
+
+def show_png(path: str, copy_to: str | None = None):
+    """Shows a PNG (local or gs://) in the notebook; with ``copy_to``, also copies it there
+    (a figures folder). Returns the copy's path, or ``path``."""
+    data = paths.read_bytes(path)
+    if copy_to:
+        paths.makedirs(paths.dirname(copy_to))
+        paths.write_bytes(copy_to, data)
+    if "IPython" in sys.modules:
+        from IPython.display import Image, display  # only inside IPython
+
+        display(Image(data=data))
+    return copy_to or path
