@@ -97,7 +97,8 @@ def run(
 
     Pretraining: with ``live``, a figure of the loss and the images/s per device redrawn at
     every logged step (``LivePlot``), saved as ``figures/NAME_training.png`` at the end (NAME:
-    ``name`` or the workdir's last part); returns the run's metrics rows (metrics.jsonl).
+    ``name`` or the workdir's last part); returns the run's training rows (metrics.jsonl's rows
+    with a loss, in step order; attached evaluations' rows are in ``metrics_lib.read_metrics``).
     Evaluation: returns its metrics (results.json has the details; ``read_results``).
     """
     _show_logs()
@@ -108,7 +109,7 @@ def run(
     name = name or paths.basename(workdir.rstrip("/"))
     if not live:
         main_lib.execute(config, workdir)
-        return metrics_lib.read_metrics(workdir)
+        return training_rows(workdir)
     plot = LivePlot(f"{config.task}: {name}")
     with metrics_lib.listening(plot.add):
         plot.add_rows(metrics_lib.read_metrics(workdir))  # a resumed run's earlier rows
@@ -116,7 +117,12 @@ def run(
             main_lib.execute(config, workdir)
         finally:
             plot.finish(paths.join(figures, f"{name}_training.png") if figures else None)
-    return metrics_lib.read_metrics(workdir)
+    return training_rows(workdir)
+
+
+def training_rows(workdir: str) -> list[dict[str, Any]]:
+    """A pretraining run's logged training metrics (loss, top-1, images/s, ...) by step."""
+    return [row for row in metrics_lib.read_metrics(workdir) if "loss" in row]
 
 
 def read_results(workdir: str) -> dict[str, Any]:

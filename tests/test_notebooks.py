@@ -1,0 +1,142 @@
+"""The Colab notebooks of colab/: stored without outputs, installing ssl_jax the same way, calling
+the library's public API only, and each executed top to bottom (slow) on the CPU at its smallest
+setting, its figures written as non-empty PNGs.
+
+The executions are slow: ``python -m pytest -m slow tests/test_notebooks.py``. Each writes its
+figures to ``FIGURES`` under the test's temporary directory (``--basetemp=DIR`` keeps them).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+
+import jax
+import pytest
+from notebooks import COLAB, NOTEBOOKS, ROOT, code_cells, execute, parameters_index, read
+
+# A notebook kernel on the CPU: one device (a Colab CPU runtime's count) and this suite's
+# compilation cache.
+KERNEL_ENV = {
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    "JAX_PLATFORMS": "cpu",
+    "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "",
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+    "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+}
+SMALL_TRUNK = {"model.depth": 18, "model.width": 0.125}
+
+
+def stored_notebooks() -> list[str]:
+    return sorted(f[: -len(".ipynb")] for f in os.listdir(COLAB) if f.endswith(".ipynb"))
+
+
+def test_every_promised_notebook_is_there():
+    assert stored_notebooks() == sorted(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_stored_without_outputs(name):
+    """Outputs and execution counts stay out of git (strip them before committing, e.g. with
+    ``jupyter nbconvert --clear-output --inplace colab/*.ipynb``)."""
+    dirty = [
+        n
+        for n, cell in enumerate(code_cells(read(name)), 1)
+        if cell.get("outputs") or cell.get("execution_count") is not None
+    ]
+    assert not dirty, f"colab/{name}.ipynb: code cells {dirty} hold outputs or execution counts."
+
+
+def install_cell(name: str) -> str:
+    return code_cells(read(name))[0].source
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_first_cell_installs_from_one_repository_url(name):
+    """The same install cell everywhere, its URL the one README.md's badges point to."""
+    source = install_cell(name)
+    assert source == install_cell("quickstart")
+    url = re.search(r'^REPO_URL = "https://github.com/([^"]+?)(\.git)?"$', source, re.M)
+    assert url, "the install cell sets REPO_URL to a GitHub repository"
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    badge = f"https://colab.research.google.com/github/{url.group(1)}/blob/main/colab/{name}.ipynb"
+    assert badge in readme, f"README.md has no 'Open in Colab' badge for {name}: {badge}"
+    assert f"({badge})" in read(name).cells[0].source, "the notebook's title cell has its badge"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebooks_use_the_public_api_only(name):
+    """Whatever a notebook needs is in the library: no functions or classes defined in cells,
+    no private ssl_jax names, a parameters cell of plain assignments."""
+    notebook = read(name)
+    cells = code_cells(notebook)
+    for number, cell in enumerate(cells, 1):
+        tree = ast.parse(cell.source)
+        for node in ast.walk(tree):
+            assert not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Lambda)), (
+                f"colab/{name}.ipynb code cell {number} defines {getattr(node, 'name', 'a lambda')}"
+                "; put it in the library"
+            )
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ssl_jax"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"code cell {number} imports private {private}"
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+                raise AssertionError(f"code cell {number} uses a private name .{node.attr}")
+    parameters = notebook.cells[parameters_index(notebook)]
+    for node in ast.parse(parameters.source).body:
+        assert isinstance(node, ast.Assign), "the parameters cell holds assignments only"
+
+
+def pngs(folder) -> dict[str, int]:
+    """The PNG files under ``folder`` and their sizes; each must be a real PNG."""
+    found = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".png"):
+            with open(os.path.join(folder, name), "rb") as f:
+                head = f.read(8)
+            assert head == b"\x89PNG\r\n\x1a\n", f"{name} is not a PNG"
+            found[name] = os.path.getsize(os.path.join(folder, name))
+    return found
+
+
+def assert_figures(folder, expected: set[str]) -> None:
+    found = pngs(folder)
+    assert expected <= set(found), f"figures missing: {sorted(expected - set(found))}"
+    empty = [n for n, size in found.items() if size < 2000]
+    assert not empty, f"figures with (almost) nothing in them: {empty}"
+
+
+def outputs_text(notebook) -> str:
+    return "\n".join(
+        o.get("text", "") for cell in code_cells(notebook) for o in cell.get("outputs", [])
+    )
+
+
+@pytest.mark.slow
+def test_quickstart_runs_on_a_cpu(tmp_path):
+    figures = tmp_path / "figures"
+    notebook = execute(
+        "quickstart",
+        {
+            "WORKDIR": str(tmp_path / "runs"),
+            "FIGURES": str(figures),
+            "STEPS": 10,
+            "OVERRIDES": SMALL_TRUNK,
+        },
+        str(tmp_path),
+        environ=KERNEL_ENV,
+    )
+    assert_figures(
+        figures,
+        {"jigsaw_training.png", "jigsaw_puzzles.png", "colorize_training.png",
+         "colorization_picture.png"},
+    )  # fmt: skip
+    text = outputs_text(notebook)
+    assert "backend cpu: 1 device(s)" in text
+    assert re.search(r"step 10: loss \d", text), text[-2000:]
+    # The live plot was redrawn in place: one display, updated (not one figure per row).
+    displays = [
+        o for cell in code_cells(notebook) for o in cell.outputs if o.output_type == "display_data"
+    ]
+    assert any("image/png" in o.get("data", {}) for o in displays)
