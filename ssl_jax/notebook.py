@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import matplotlib.pyplot as plt
 import ml_collections
 
 from ssl_jax import config_lib, evaluators, paths, sweep
@@ -138,13 +139,6 @@ class LivePlot:
     output as rows arrive; outside IPython it draws without showing."""
 
     def __init__(self, title: str):
-        # matplotlib: only where a figure is drawn
-        import matplotlib
-
-        if "ipykernel" not in sys.modules and "IPython" not in sys.modules:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         self.rows: list[dict[str, Any]] = []
         self.devices = jax.device_count()
         self.fig, (self.loss_axes, self.speed_axes) = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -211,8 +205,8 @@ def _display(fig):
     """A display handle for ``fig`` in IPython; None elsewhere."""
     if "IPython" not in sys.modules:
         return None
-    from IPython import get_ipython  # only inside IPython
-    from IPython.display import display
+    from IPython import get_ipython  # IPython: present only in a notebook
+    from IPython.display import display  # IPython: present only in a notebook
 
     if get_ipython() is None:
         return None
@@ -237,7 +231,7 @@ def show_png(path: str, copy_to: str | None = None):
         paths.makedirs(paths.dirname(copy_to))
         paths.write_bytes(copy_to, data)
     if "IPython" in sys.modules:
-        from IPython.display import Image, display  # only inside IPython
+        from IPython.display import Image, display  # IPython: present only in a notebook
 
         display(Image(data=data))
     return copy_to or path
