@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import matplotlib.pyplot as plt
 import ml_collections
+import numpy as np
 
 from ssl_jax import config_lib, evaluators, paths, sweep
 from ssl_jax import main as main_lib
@@ -111,7 +112,8 @@ def run(
     if not live:
         main_lib.execute(config, workdir)
         return training_rows(workdir)
-    plot = LivePlot(f"{config.task}: {name}")
+    model = config.model
+    plot = LivePlot(f"{name}: {config.task}, {model.name}-{model.depth} at width {model.width}")
     with metrics_lib.listening(plot.add):
         plot.add_rows(metrics_lib.read_metrics(workdir))  # a resumed run's earlier rows
         try:
@@ -126,6 +128,18 @@ def training_rows(workdir: str) -> list[dict[str, Any]]:
     return [row for row in metrics_lib.read_metrics(workdir) if "loss" in row]
 
 
+def throughput(rows: list[dict[str, Any]], skip: int = 1) -> dict[str, float]:
+    """Training speed from a run's rows: the median images/s over the logged windows after the
+    first ``skip`` (compilation), in all and per device. Empty if no window was timed."""
+    speeds = [_number(r.get("images_per_sec")) for r in rows]
+    speeds = [v for v in speeds if v is not None][skip:]
+    if not speeds:
+        return {}
+    total = float(np.median(speeds))
+    devices = jax.device_count()
+    return {"images_per_sec": total, "per_device": total / devices, "devices": devices}
+
+
 def read_results(workdir: str) -> dict[str, Any]:
     """An evaluation's results.json."""
     path = paths.join(workdir, "results.json")
@@ -135,13 +149,13 @@ def read_results(workdir: str) -> dict[str, Any]:
 
 
 class LivePlot:
-    """Loss and throughput (images/s per device) against the step, redrawn in the notebook's
-    output as rows arrive; outside IPython it draws without showing."""
+    """Loss, top-1 (when the task logs one) and images/s per device against the step, redrawn
+    in the notebook's output as rows arrive; outside IPython it draws without showing."""
 
     def __init__(self, title: str):
         self.rows: list[dict[str, Any]] = []
         self.devices = jax.device_count()
-        self.fig, (self.loss_axes, self.speed_axes) = plt.subplots(1, 2, figsize=(11, 3.6))
+        self.fig, self.axes = plt.subplots(1, 3, figsize=(13, 3.4))
         self.fig.suptitle(title)
         plt.close(self.fig)  # shown through the display handle only
         self.handle = _display(self.fig)
@@ -158,31 +172,29 @@ class LivePlot:
         if self.handle is not None:
             self.handle.update(self.fig)
 
+    def series(self, key: str, per_device: bool = False) -> tuple[list[int], list[float]]:
+        """(steps, values) of ``key`` in the rows so far (values divided by the device count
+        with ``per_device``); rows without a number for it are left out."""
+        points = [(r["step"], _number(r.get(key))) for r in self.rows]
+        points = [(s, v / self.devices if per_device else v) for s, v in points if v is not None]
+        return [s for s, _ in points], [v for _, v in points]
+
     def _draw(self) -> None:
-        steps = [r["step"] for r in self.rows]
-        loss = [_number(r["loss"]) for r in self.rows]
-        ax = self.loss_axes
-        ax.clear()
-        ax.plot(steps, loss, marker=".", label="loss")
-        top1 = [_number(r.get("top1")) for r in self.rows]
-        if any(v is not None for v in top1):
-            twin = getattr(self, "_twin", None) or ax.twinx()
-            self._twin = twin
-            twin.clear()
-            twin.plot(steps, top1, color="tab:orange", marker=".", label="top-1")
-            twin.set_ylabel("top-1", color="tab:orange")
-        ax.set(xlabel="step", ylabel="loss", title=f"loss {loss[-1]:.4g} at step {steps[-1]}")
-        speed = [
-            (r["step"], r["images_per_sec"] / self.devices)
-            for r in self.rows
-            if _number(r.get("images_per_sec")) is not None
-        ]
-        ax = self.speed_axes
-        ax.clear()
-        if speed:
-            ax.plot(*zip(*speed, strict=True), marker=".", color="tab:green")
-            ax.set_title(f"{speed[-1][1]:.1f} images/s per device ({self.devices} devices)")
-        ax.set(xlabel="step", ylabel="images/s per device")
+        panels = (
+            ("loss", "loss", False, "tab:blue"),
+            ("top1", "top-1", False, "tab:orange"),
+            ("images_per_sec", "images/s per device", True, "tab:green"),
+        )
+        for ax, (key, label, per_device, colour) in zip(self.axes, panels, strict=True):
+            ax.clear()
+            steps, values = self.series(key, per_device)
+            ax.set(xlabel="step", ylabel=label)
+            if not values:
+                ax.set_title(f"no {label} logged")
+                continue
+            ax.plot(steps, values, marker=".", color=colour)
+            where = f"({self.devices} devices)" if per_device else f"at step {steps[-1]}"
+            ax.set_title(f"{label} {values[-1]:.4g} {where}")
         self.fig.tight_layout()
 
     def finish(self, path: str | None) -> None:

@@ -26,6 +26,8 @@ KERNEL_ENV = {
     "MPLBACKEND": "module://matplotlib_inline.backend_inline",
 }
 SMALL_TRUNK = {"model.depth": 18, "model.width": 0.125}
+# Quick runs log often, so that the live plot has several points to draw.
+QUICK_RUN = {**SMALL_TRUNK, "train.log_every": 2}
 
 
 def stored_notebooks() -> list[str]:
@@ -122,7 +124,7 @@ def test_quickstart_runs_on_a_cpu(tmp_path):
             "WORKDIR": str(tmp_path / "runs"),
             "FIGURES": str(figures),
             "STEPS": 10,
-            "OVERRIDES": SMALL_TRUNK,
+            "OVERRIDES": QUICK_RUN,
         },
         str(tmp_path),
         environ=KERNEL_ENV,
@@ -140,3 +142,29 @@ def test_quickstart_runs_on_a_cpu(tmp_path):
         o for cell in code_cells(notebook) for o in cell.outputs if o.output_type == "display_data"
     ]
     assert any("image/png" in o.get("data", {}) for o in displays)
+
+
+@pytest.mark.slow
+def test_tpu_pretraining_runs_its_small_setting_on_a_cpu(tmp_path):
+    """On a CPU runtime the notebook picks its small setting by itself; the puzzle stays the
+    paper's (255-pixel crop, 64-pixel tiles, |P| = 2000) and a checkpoint lands in WORKDIR."""
+    figures = tmp_path / "figures"
+    workdir = tmp_path / "run"
+    notebook = execute(
+        "tpu_pretraining",
+        {
+            "WORKDIR": str(workdir),
+            "FIGURES": str(figures),
+            "STEPS": 6,
+            "LOG_EVERY": 2,
+            "CHECKPOINT_EVERY": 4,
+        },
+        str(tmp_path),
+        environ=KERNEL_ENV,
+    )
+    assert_figures(figures, {"tpu_pretraining_training.png"})
+    text = outputs_text(notebook)
+    assert "ResNet-18 at width 0.125, 255-pixel crops, 64-pixel tiles, |P| = 2000, batch 4" in text
+    speed = re.search(r"= (\d+\.\d) per chip on 1 x cpu", text)
+    assert speed and float(speed.group(1)) > 0, text[-2000:]
+    assert f"checkpoints in {workdir}/checkpoints at steps [4, 6]" in text

@@ -23,9 +23,10 @@ from ssl_jax.jigsaw import tiles as tiles_lib
 from ssl_jax.jigsaw.task import Jigsaw
 from ssl_jax.train import state as state_lib
 
-_GAP = 2  # pixels between tiles
-_MARGIN = 8  # pixels between the three grids
-_TITLE = 14  # pixels of text above each row
+_GAP = 3  # pixels between tiles
+_MARGIN = 12  # pixels between the three grids
+_TITLE = 14  # pixels of text above each grid
+_MIN_TILE = 64  # smaller tiles are enlarged (nearest neighbour) to this size for the eye
 
 
 def solve(
@@ -72,6 +73,8 @@ def _rgb(tiles: np.ndarray, mean, std) -> np.ndarray:
 
 def _grid(tiles: np.ndarray, grid: int) -> np.ndarray:
     """(N, T, T, 3) tiles in row-major order -> one image with ``_GAP`` white pixels between."""
+    scale = -(-_MIN_TILE // tiles.shape[1])
+    tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
     size = tiles.shape[1]
     side = grid * size + (grid - 1) * _GAP
     out = np.full((side, side, 3), 255, np.uint8)
@@ -105,14 +108,16 @@ def draw(task: Jigsaw, solved: dict[str, np.ndarray], path: str) -> str:
     for k, grids in enumerate(rows):
         y = k * (side + _TITLE + _MARGIN)
         true, guessed = int(solved["labels"][k]), int(solved["predicted"][k])
-        verdict = "solved" if true == guessed else "wrong"
-        text = (
-            f"puzzle (permutation {true}) | model's answer {guessed} "
-            f"(p={float(solved['probability'][k]):.2f}, {verdict}) | true order"
+        verdict = "right" if true == guessed else "wrong"
+        titles = (
+            f"puzzle: permutation {true}",
+            f"model: {guessed}, p={float(solved['probability'][k]):.2f} ({verdict})",
+            "true order",
         )
-        pen.text((2, y), text, fill=(0, 0, 0), font=font)
-        for j, image in enumerate(grids):
-            canvas.paste(Image.fromarray(image), (j * (side + _MARGIN), y + _TITLE))
+        for j, (image, text) in enumerate(zip(grids, titles, strict=True)):
+            x = j * (side + _MARGIN)
+            pen.text((x + 1, y), text, fill=(0, 0, 0), font=font)
+            canvas.paste(Image.fromarray(image), (x, y + _TITLE))
     paths.makedirs(paths.dirname(path))
     with paths.open(path, "wb") as f:
         canvas.save(f, format="PNG")
