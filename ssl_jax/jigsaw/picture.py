@@ -65,6 +65,14 @@ def solve(
     }
 
 
+def reassemble(shuffled: np.ndarray, permutation: np.ndarray) -> np.ndarray:
+    """A puzzle's tiles (N, ...) in slot order back in cell order, as ``permutation`` says they
+    were shuffled: slot i holds the original tile permutation[i] (PROTOCOLS.md)."""
+    out = np.empty_like(shuffled)
+    out[np.asarray(permutation)] = shuffled
+    return out
+
+
 def _rgb(tiles: np.ndarray, mean, std) -> np.ndarray:
     """Normalised tiles back to uint8 RGB."""
     pixels = tiles * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
@@ -95,10 +103,8 @@ def draw(task: Jigsaw, solved: dict[str, np.ndarray], path: str) -> str:
     rows = []
     for k in range(solved["tiles"].shape[0]):
         shuffled = _rgb(solved["tiles"][k], mean, std)
-        # Slot i holds original tile p[i]: tile p[i] goes back to cell p[i].
-        guess, truth = np.empty_like(shuffled), np.empty_like(shuffled)
-        guess[perms[solved["predicted"][k]]] = shuffled
-        truth[perms[solved["labels"][k]]] = shuffled
+        guess = reassemble(shuffled, perms[solved["predicted"][k]])
+        truth = reassemble(shuffled, perms[solved["labels"][k]])
         rows.append([_grid(t, jig.grid) for t in (shuffled, guess, truth)])
     side = rows[0][0].shape[0]
     width = 3 * side + 2 * _MARGIN

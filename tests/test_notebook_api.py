@@ -1,0 +1,130 @@
+"""The library's side of the notebooks: ssl_jax.notebook (configs by spec, the live plot's
+series, throughput), metrics listeners, and the Jigsaw puzzles picture."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssl_jax import config_lib, notebook, tasks
+from ssl_jax.jigsaw import picture as jigsaw_picture
+from ssl_jax.jigsaw import tiles as tiles_lib
+from ssl_jax.train import metrics as metrics_lib
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def test_config_takes_python_values_as_the_command_line_does():
+    config = notebook.config(
+        "configs/jigsaw_r50.py:runlocal",
+        {
+            "model.depth": 18,
+            "model.width": 0.25,
+            "optim.decay_epochs": (4.0, 6.0),
+            "train.progress_bar": False,
+            "data.source": "demo",
+        },
+    )
+    reference = config_lib.load_config(os.path.join(ROOT, "configs/jigsaw_r50.py:runlocal"))
+    config_lib.apply_overrides(
+        reference,
+        [("model.depth", "18"), ("model.width", "0.25"), ("optim.decay_epochs", "(4.0, 6.0)"),
+         ("train.progress_bar", "false"), ("data.source", "demo")],
+    )  # fmt: skip
+    assert config.to_dict() == reference.to_dict()
+
+
+def test_config_refuses_an_unknown_key_by_name():
+    with pytest.raises(config_lib.ConfigError, match="config.model.dept"):
+        notebook.config("configs/jigsaw_r50.py:runlocal", {"model.dept": 18})
+
+
+def test_listeners_get_each_written_row_while_listening(tmp_path):
+    got = []
+    writer = metrics_lib.MetricsWriter(str(tmp_path), 0, tensorboard=False)
+    with metrics_lib.listening(got.append):
+        writer.write(2, {"loss": np.float32(1.5), "images_per_sec": 10.0})
+    writer.write(4, {"loss": 1.0})
+    assert got == [{"step": 2, "loss": 1.5, "images_per_sec": 10.0}]
+    assert [r["step"] for r in metrics_lib.read_metrics(str(tmp_path))] == [2, 4]
+
+
+def test_live_plot_series_per_device_and_gaps():
+    plot = notebook.LivePlot("test")
+    plot.add_rows(
+        [
+            {"step": 2, "loss": 4.0, "images_per_sec": 80.0},
+            {"step": 3, "epoch": 1.0},  # not a training row: ignored
+            {"step": 4, "loss": "nan", "images_per_sec": 40.0, "top1": 0.5},
+        ]
+    )
+    devices = jax.device_count()
+    assert plot.series("images_per_sec", per_device=True) == (
+        [2, 4],
+        [80.0 / devices, 40.0 / devices],
+    )
+    steps, loss = plot.series("loss")
+    assert steps == [2, 4] and loss[0] == 4.0 and math.isnan(loss[1])
+    assert plot.series("top1") == ([4], [0.5])
+    assert plot.axes[2].lines[0].get_ydata().tolist() == [80.0 / devices, 40.0 / devices]
+
+
+def test_throughput_is_the_median_after_compilation():
+    rows = [
+        {"step": s, "loss": 1.0, "images_per_sec": v}
+        for s, v in [(1, 5.0), (2, 30.0), (3, 10.0), (4, 20.0)]
+    ]
+    speed = notebook.throughput(rows)
+    assert speed["images_per_sec"] == 20.0
+    assert speed["per_device"] == 20.0 / jax.device_count()
+    assert notebook.throughput(rows[:1]) == {}
+
+
+def test_reassemble_undoes_the_task_shuffle():
+    """The picture puts tiles back as tiles_lib.unshuffle_tiles does (an independent inverse)."""
+    rng = np.random.default_rng(0)
+    perms = np.stack([rng.permutation(9) for _ in range(20)]).astype(np.int32)
+    tiles = rng.normal(size=(20, 9, 2, 2, 3)).astype(np.float32)
+    labels = np.arange(20, dtype=np.int32)
+    shuffled = np.asarray(tiles_lib.shuffle_tiles(tiles, perms, labels))
+    expected = np.asarray(tiles_lib.unshuffle_tiles(shuffled, perms, labels))
+    for b in range(20):
+        np.testing.assert_array_equal(jigsaw_picture.reassemble(shuffled[b], perms[b]), tiles[b])
+        np.testing.assert_array_equal(jigsaw_picture.reassemble(shuffled[b], perms[b]), expected[b])
+
+
+def test_puzzles_picture_of_a_fresh_model(tmp_path):
+    config = config_lib.load_config(os.path.join(ROOT, "configs/jigsaw_r50.py:runlocal"))
+    config_lib.apply_overrides(config, [("model.depth", "18"), ("jigsaw.gray_prob", "0.0")])
+    task = tasks.create(config)
+    task.fit(None)
+    variables = task.model.init(jax.random.PRNGKey(0), task.example_inputs, train=False)
+    crops = np.random.default_rng(1).integers(0, 256, (3, 111, 111, 3), dtype=np.uint8)
+    solved = jigsaw_picture.solve(task, variables, crops)
+    assert solved["tiles"].shape == (3, 9, 32, 32, 3)
+    assert np.all((solved["probability"] > 0) & (solved["probability"] <= 1))
+    assert np.all(solved["predicted"] < config.jigsaw.num_perms)
+    # The true-order grid holds the crop's own pixels: tile k comes from cell k (offsets < 5).
+    truth = jigsaw_picture.reassemble(
+        solved["tiles"][0], np.asarray(task.permutations)[solved["labels"][0]]
+    )
+    mean, std = np.asarray(config.input.mean), np.asarray(config.input.std)
+    pixels = np.rint((truth * std + mean) * 255.0)
+    for k in range(9):
+        row, col = divmod(k, 3)
+        cell = crops[0, row * 37 : row * 37 + 37, col * 37 : col * 37 + 37].astype(np.float64)
+        found = any(
+            np.abs(cell[dy : dy + 32, dx : dx + 32] - pixels[k]).max() <= 1
+            for dy in range(6) for dx in range(6)
+        )  # fmt: skip
+        assert found, f"tile {k} of the true order is not cut from cell {k}"
+    path = jigsaw_picture.draw(task, solved, str(tmp_path / "puzzles.png"))
+    with Image.open(path) as image:
+        width, height = image.size
+    side = 3 * 64 + 2 * 3  # tiles enlarged to 64 pixels, 3-pixel gaps
+    assert (width, height) == (3 * side + 2 * 12, 3 * (side + 14 + 12))
