@@ -9,8 +9,10 @@ figures to ``FIGURES`` under the test's temporary directory (``--basetemp=DIR`` 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import re
+import sys
 
 import jax
 import pytest
@@ -83,7 +85,7 @@ def test_notebooks_use_the_public_api_only(name):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ssl_jax"):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"code cell {number} imports private {private}"
-            if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            if isinstance(node, ast.Attribute) and re.match(r"_(?!_.*__$)", node.attr):
                 raise AssertionError(f"code cell {number} uses a private name .{node.attr}")
     parameters = notebook.cells[parameters_index(notebook)]
     for node in ast.parse(parameters.source).body:
@@ -168,3 +170,37 @@ def test_tpu_pretraining_runs_its_small_setting_on_a_cpu(tmp_path):
     speed = re.search(r"= (\d+\.\d) per chip on 1 x cpu", text)
     assert speed and float(speed.group(1)) > 0, text[-2000:]
     assert f"checkpoints in {workdir}/checkpoints at steps [4, 6]" in text
+
+
+def load_installer():
+    """colab/install.py, the notebooks' installer (a script: Colab runs it before ssl_jax is
+    importable)."""
+    spec = importlib.util.spec_from_file_location(
+        "colab_install", os.path.join(COLAB, "install.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_installer_keeps_the_runtime_tensorflow_and_jax():
+    installer = load_installer()
+    requirements = [
+        "jax>=0.6.0",
+        "tensorflow-cpu>=2.16; sys_platform == 'linux'",
+        "tensorflow>=2.16; sys_platform != 'linux'",
+        "gcsfs>=2026.4.0",
+    ]
+    colab = {"jax": "0.7.1", "tensorflow": "2.19.0", "gcsfs": "2025.3.0"}
+    needed = installer.missing(requirements, colab.get, lambda module: module == "tensorflow")
+    if sys.platform == "linux":
+        assert needed == ["gcsfs>=2026.4.0"]  # too old; Colab's TensorFlow and JAX stay
+    bare = installer.missing(requirements, {}.get, lambda module: False)
+    assert bare[0] == "jax>=0.6.0" and "gcsfs>=2026.4.0" in bare and len(bare) == 3
+
+
+def test_installer_has_nothing_to_add_to_the_test_environment():
+    """This environment holds every requirement: the installer adds only the editable repo."""
+    commands = load_installer().commands()
+    assert len(commands) == 1, commands
+    assert commands[0][-3:] == ["--no-deps", "-e", ROOT]
