@@ -13,10 +13,13 @@ import importlib.util
 import os
 import re
 import sys
+import uuid
 
 import jax
 import pytest
 from notebooks import COLAB, NOTEBOOKS, ROOT, code_cells, execute, parameters_index, read
+
+from ssl_jax.train import checkpoint
 
 # A notebook kernel on the CPU: one device (a Colab CPU runtime's count) and this suite's
 # compilation cache.
@@ -147,15 +150,16 @@ def test_quickstart_runs_on_a_cpu(tmp_path):
 
 
 @pytest.mark.slow
-def test_tpu_pretraining_runs_its_small_setting_on_a_cpu(tmp_path):
+def test_tpu_pretraining_runs_its_small_setting_on_a_cpu(gcs_bucket, tmp_path):
     """On a CPU runtime the notebook picks its small setting by itself; the puzzle stays the
-    paper's (255-pixel crop, 64-pixel tiles, |P| = 2000) and a checkpoint lands in WORKDIR."""
+    paper's (255-pixel crop, 64-pixel tiles, |P| = 2000) and the checkpoints land in the bucket
+    WORKDIR names (the GCS emulator here), where they restore."""
     figures = tmp_path / "figures"
-    workdir = tmp_path / "run"
+    workdir = f"{gcs_bucket}/notebooks/{uuid.uuid4().hex[:8]}/jigsaw_r50"
     notebook = execute(
         "tpu_pretraining",
         {
-            "WORKDIR": str(workdir),
+            "WORKDIR": workdir,
             "FIGURES": str(figures),
             "STEPS": 6,
             "LOG_EVERY": 2,
@@ -170,6 +174,8 @@ def test_tpu_pretraining_runs_its_small_setting_on_a_cpu(tmp_path):
     speed = re.search(r"= (\d+\.\d) per chip on 1 x cpu", text)
     assert speed and float(speed.group(1)) > 0, text[-2000:]
     assert f"checkpoints in {workdir}/checkpoints at steps [4, 6]" in text
+    state = checkpoint.read_state(workdir, 6)
+    assert int(state["step"]) == 6
 
 
 def load_installer():
