@@ -153,6 +153,10 @@ def test_bad_configs_name_the_key(task, devkit):
     with pytest.raises(config_lib.ConfigError, match="optim.batch_size"):
         det.DetectionBenchmark(c, task)
     c = small_config(devkit)
+    c.data.test_images = -8
+    with pytest.raises(config_lib.ConfigError, match="data.test_images=-8"):
+        det.DetectionBenchmark(c, task)
+    c = small_config(devkit)
     c.data.train = "voc2012"
     with pytest.raises(config_lib.ConfigError, match="data.train"):
         det.DetectionBenchmark(c, task)

@@ -79,6 +79,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.train = "voc07"  # voc07 | voc0712 (the union of both trainval sets)
     c.data.train_split = "trainval"
     c.data.test_split = "test"  # VOC2007's
+    # > 0: detect and score only N test images, spread evenly over the split (voc.evenly_spaced;
+    # a quick look, e.g. a notebook on a CPU: not numbers to compare with the benchmark's).
+    c.data.test_images = 0
     c.data.classes = "voc"  # voc (the 20) | auto (those in the annotations) | "a,b,..."
 
     c.proposals = ml_collections.ConfigDict()
@@ -420,6 +423,11 @@ class DetectionBenchmark:
             raise config_lib.ConfigError(
                 "config.data.source='vocdevkit' needs config.data.path (a VOCdevkit folder)."
             )
+        if not isinstance(d.test_images, int) or d.test_images < 0:
+            raise config_lib.ConfigError(
+                f"config.data.test_images={d.test_images!r}; use 0 (every test image: the "
+                "benchmark) or a positive count (that many, spread over the test split)."
+            )
         if d.train not in TRAIN_SETS:
             raise config_lib.ConfigError(
                 f"config.data.train={d.train!r}; allowed: {', '.join(TRAIN_SETS)}."
@@ -502,7 +510,8 @@ class DetectionBenchmark:
 
         train_set = voc.with_objects(self._read(config.data.train_split,
                                                 TRAIN_SETS[config.data.train]))  # fmt: skip
-        test_set = self._read(config.data.test_split, ("2007",))
+        test_set = voc.evenly_spaced(self._read(config.data.test_split, ("2007",)),
+                                     int(config.data.test_images))  # fmt: skip
         if train_set.classes != test_set.classes:
             raise config_lib.ConfigError(
                 f"The train classes {train_set.classes} differ from the test classes "
