@@ -470,9 +470,10 @@ def with_objects(dataset: DetectionSet) -> DetectionSet:
 
 def evenly_spaced(dataset: DetectionSet, count: int) -> DetectionSet:
     """``count`` images of ``dataset`` spread evenly over its order (the first, then every
-    ``num_images / count``-th), so that a split listed class by class keeps every class; all of
-    them when ``count`` is 0 or at least ``num_images``. The name says which subset it is
-    ("...:test[8 of 91]"). For a quick look, not for numbers to compare with the benchmark's."""
+    ``num_images / count``-th), so that a split listed class by class shows more than its
+    first class; all of them when ``count`` is 0 or at least ``num_images``. The name says
+    which subset it is ("...:test[8 of 91]"). For a quick look, not for numbers to compare
+    with the benchmark's."""
     n = dataset.num_images
     if count < 0:
         raise ValueError(f"evenly_spaced({dataset.name}, count={count}): count must be >= 0.")

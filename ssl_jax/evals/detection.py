@@ -150,7 +150,7 @@ def defaults() -> ml_collections.ConfigDict:
     # Also score the trained model with these RoIAlign sampling counts (e.g. (2,): Detectron2's
     # fixed count against the adaptive one); results.json "roi_sampling_variants".
     c.test.roi_sampling_variants = ()
-    c.test.picture_images = 8  # test images in detections.png
+    c.test.picture_images = 8  # test images in detections.png, spread over the test set
 
     c.train = ml_collections.ConfigDict()
     c.train.log_every = 20
@@ -693,9 +693,11 @@ def _picture(dataset, detections, path, count, title) -> None:
     by_image: dict[str, list] = {}
     for d in detections:
         by_image.setdefault(d["image_id"], []).append(d)
+    # Spread over the set: one listed class by class shows more than its first class.
+    shown = voc.evenly_spaced(dataset, count)
     images, drawn = [], []
-    for index, annotation in enumerate(dataset.annotations[:count]):
-        data = np.frombuffer(dataset.image_bytes(index), np.uint8)
+    for index, annotation in enumerate(shown.annotations):
+        data = np.frombuffer(shown.image_bytes(index), np.uint8)
         image = cv2.imdecode(data, cv2.IMREAD_COLOR)
         if image is None:
             continue
