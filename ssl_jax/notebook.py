@@ -203,6 +203,47 @@ class LivePlot:
             save_figure(self.fig, path)
 
 
+def plot_losses(workdir: str, path: str | None = None, *, title: str | None = None):
+    """A run's logged losses against the step, from its metrics.jsonl: the total ("loss") and
+    each part ("loss_*": a detector's RPN and box-head losses, for one), and beside them the
+    learning rate ("lr") where it was logged. Shown in the notebook; saved as a PNG at ``path``
+    (local or gs://) if given. Returns the matplotlib figure.
+
+    Raises:
+        ValueError: ``workdir`` has no logged losses (no run there, or none that got to its
+            first log step).
+    """
+    rows = training_rows(workdir)
+    if not rows:
+        raise ValueError(
+            f"{paths.join(workdir, metrics_lib.METRICS_FILE)} has no logged loss: no run in "
+            f"{workdir}, or none that reached its first log step (config.train.log_every)."
+        )
+    keys = sorted({k for r in rows for k in r if k == "loss" or k.startswith("loss_")})
+    with_lr = any(_number(r.get("lr")) is not None for r in rows)
+    fig, axes = plt.subplots(1, 2 if with_lr else 1, figsize=(11 if with_lr else 6, 3.6))
+    axes = list(axes) if with_lr else [axes]
+    plt.close(fig)  # shown through display only
+    for key in keys:
+        points = [(r["step"], _number(r.get(key))) for r in rows if _number(r.get(key)) is not None]
+        style = dict(color="black", linewidth=2) if key == "loss" else {}
+        axes[0].plot(*zip(*points, strict=True), marker=".", label=key, **style)
+    last = rows[-1]
+    axes[0].set(xlabel="step", ylabel="loss",
+                title=f"loss {_number(last['loss']):.4g} at step {last['step']}")  # fmt: skip
+    axes[0].legend(fontsize="small")
+    if with_lr:
+        lr = [(r["step"], _number(r.get("lr"))) for r in rows if _number(r.get("lr")) is not None]
+        axes[1].plot(*zip(*lr, strict=True), marker=".", color="tab:purple")
+        axes[1].set(xlabel="step", ylabel="learning rate", title="learning rate")
+    fig.suptitle(title or paths.basename(workdir.rstrip("/")))
+    fig.tight_layout()
+    _display(fig)
+    if path:
+        save_figure(fig, path)
+    return fig
+
+
 def _number(value: Any) -> float | None:
     """A metrics value as a float; None for absent ones ("nan" strings stay NaN)."""
     if value is None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from PIL import Image
 
 from ssl_jax import config_lib, tasks
 from ssl_jax.detection import inputs as inputs_lib
@@ -153,6 +154,10 @@ def test_bad_configs_name_the_key(task, devkit):
     with pytest.raises(config_lib.ConfigError, match="optim.batch_size"):
         det.DetectionBenchmark(c, task)
     c = small_config(devkit)
+    c.data.test_images = -8
+    with pytest.raises(config_lib.ConfigError, match="data.test_images=-8"):
+        det.DetectionBenchmark(c, task)
+    c = small_config(devkit)
     c.data.train = "voc2012"
     with pytest.raises(config_lib.ConfigError, match="data.train"):
         det.DetectionBenchmark(c, task)
@@ -277,7 +282,14 @@ def test_run_writes_results_detections_and_picture(finished_run, devkit):
         d = detections[0]
         assert set(d) == {"image_id", "class", "score", "box"} and len(d["box"]) == 4
         assert 1.0 <= d["box"][0] <= d["box"][2] and 1.0 <= d["box"][1] <= d["box"][3]
-    assert os.path.getsize(os.path.join(workdir, "detections.png")) > 1000
+    # The picture's 2 images are spread over the split: its first and middle one (not the first
+    # two), side by side under the title.
+    spread = voc.evenly_spaced(voc.read_devkit(devkit, "test", classes="auto"), 2)
+    with Image.open(os.path.join(workdir, "detections.png")) as picture:
+        assert picture.size == (
+            2 * max(a.width for a in spread.annotations),
+            max(a.height for a in spread.annotations) + 20,
+        )
     # Scoring apart from training gives the same numbers.
     out = os.path.join(workdir, "rescored.json")
     rc = det.main(

@@ -163,6 +163,20 @@ def test_union(tmp_path):
         voc.union(a, auto)
 
 
+def test_evenly_spaced_keeps_every_class_and_its_images(shared_devkit):
+    test = voc.read_devkit(shared_devkit, "test", classes="auto")  # raccoons, then kangaroos
+    few = voc.evenly_spaced(test, 4)
+    assert [a.image_id for a in few.annotations] == [
+        test.annotations[i].image_id for i in (0, 22, 45, 68)
+    ]
+    assert {int(c) for a in few.annotations for c in a.classes} == {0, 1}
+    assert few.image_bytes(3) == test.image_bytes(68)
+    assert few.name == test.name + "[4 of 91]" and few.classes == test.classes
+    assert voc.evenly_spaced(test, 0) is test and voc.evenly_spaced(test, 500) is test
+    with pytest.raises(ValueError, match="count=-1"):
+        voc.evenly_spaced(test, -1)
+
+
 # ----------------------------------------------------------------------------------------------
 # read_tfds
 

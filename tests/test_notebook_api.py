@@ -1,8 +1,9 @@
 """The library's side of the notebooks: ssl_jax.notebook (configs by spec, the live plot's
-series, throughput), metrics listeners, and the Jigsaw puzzles picture."""
+series, throughput, the loss figure), metrics listeners, and the Jigsaw puzzles picture."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -128,3 +129,35 @@ def test_puzzles_picture_of_a_fresh_model(tmp_path):
         width, height = image.size
     side = 3 * 64 + 2 * 3  # tiles enlarged to 64 pixels, 3-pixel gaps
     assert (width, height) == (3 * side + 2 * 12, 3 * (side + 14 + 12))
+
+
+def write_metrics(workdir, rows):
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_plot_losses_draws_the_total_its_parts_and_the_rate(tmp_path):
+    rows = [
+        {"step": s, "loss": 3.0 / s, "loss_rpn_cls": 1.0 / s, "loss_cls": 2.0 / s,
+         "accuracy": 0.5, "lr": 0.001 * s}
+        for s in (4, 8, 12)
+    ]  # fmt: skip
+    rows.insert(1, {"step": 8, "voc07/mAP": 3.0})  # an attached evaluation's row: not a loss
+    write_metrics(tmp_path / "run", rows)
+    fig = notebook.plot_losses(str(tmp_path / "run"), str(tmp_path / "figs" / "losses.png"))
+    losses, rate = fig.axes
+    lines = {line.get_label(): line for line in losses.get_lines()}
+    assert set(lines) == {"loss", "loss_cls", "loss_rpn_cls"}
+    assert list(lines["loss_cls"].get_xdata()) == [4, 8, 12]
+    assert list(lines["loss"].get_ydata()) == pytest.approx([0.75, 0.375, 0.25])
+    assert list(rate.get_lines()[0].get_ydata()) == pytest.approx([0.004, 0.008, 0.012])
+    assert "step 12" in losses.get_title()
+    assert (tmp_path / "figs" / "losses.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_losses_without_a_rate_or_a_run(tmp_path):
+    write_metrics(tmp_path / "run", [{"step": 1, "loss": 2.0}, {"step": 2, "loss": "nan"}])
+    fig = notebook.plot_losses(str(tmp_path / "run"), title="t")
+    assert len(fig.axes) == 1 and fig.get_suptitle() == "t"
+    with pytest.raises(ValueError, match=r"no logged loss.*log_every"):
+        notebook.plot_losses(str(tmp_path / "nothing"))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
+import math
 import os
 import re
 import sys
@@ -210,3 +212,74 @@ def test_installer_has_nothing_to_add_to_the_test_environment():
     commands = load_installer().commands()
     assert len(commands) == 1, commands
     assert commands[0][-3:] == ["--no-deps", "-e", ROOT]
+
+
+DETECTION_DEVKIT = os.path.join(ROOT, "..", "shared", "data", "detection", "VOCdevkit")
+
+
+@pytest.mark.slow
+def test_detection_runs_on_a_cpu(tmp_path):
+    """A Jigsaw trunk pretrained for 2 steps, then a Faster R-CNN with its body frozen, 24 steps
+    at short side 128 on the shared two-class set, scored on 8 test images."""
+    if not os.path.isdir(os.path.join(DETECTION_DEVKIT, "VOC2007")):
+        pytest.skip(f"{DETECTION_DEVKIT} is not present")
+    figures = tmp_path / "figures"
+    workdir = tmp_path / "runs"
+    notebook = execute(
+        "detection",
+        {
+            "WORKDIR": str(workdir),
+            "FIGURES": str(figures),
+            "TRUNK_STEPS": 2,
+            "TRUNK_OVERRIDES": QUICK_RUN,
+            "DEVKIT": os.path.abspath(DETECTION_DEVKIT),
+            "FREEZE_AT": 4,
+            "STEPS": 24,
+            "TEST_IMAGES": 8,
+            "DETECTION_OVERRIDES": {"input.short_side": 128, "input.max_side": 224,
+                                    "train.log_every": 4},
+        },
+        str(tmp_path),
+        environ=KERNEL_ENV,
+    )  # fmt: skip
+    assert_figures(figures, {"jigsaw_trunk_training.png", "detections.png",
+                             "detection_losses.png"})  # fmt: skip
+    results = json.load(open(workdir / "detector_pretrained_f4" / "results.json"))
+    assert results["freeze_at"] == 4 and results["step"] == 24
+    assert results["test"]["images"] == 8 and results["test"]["dataset"].endswith("[8 of 91]")
+    assert set(results["classes"]) == {"kangaroo", "raccoon"}
+    for name, row in results["classes"].items():
+        assert row["num_gt"] > 0 and 0 <= row["ap"] <= 100, (name, row)
+    assert math.isfinite(results["mAP"]) and 0 <= results["mAP"] <= 100
+    text = outputs_text(notebook)
+    assert "trainval: 273 images" in text and "test: 91 images" in text
+    tables = [
+        o.data["text/markdown"]
+        for cell in code_cells(notebook)
+        for o in cell.outputs
+        if "text/markdown" in o.get("data", {})
+    ]
+    assert len(tables) == 1 and re.search(r"\| raccoon \| 5 \| \d+\.\d\d \|", tables[0])
+    assert f"mAP {results['mAP']:.2f} (11-point)" in text
+
+
+@pytest.mark.slow
+def test_detection_without_data_names_the_fix(tmp_path):
+    """Colab's default (TFDS voc/2007) with the download switched off and nothing prepared: the
+    data cell stops, before any training, with the library's message saying how to prepare it."""
+    with pytest.raises(AssertionError) as failure:
+        execute(
+            "detection",
+            {
+                "WORKDIR": str(tmp_path / "runs"),
+                "FIGURES": str(tmp_path / "figures"),
+                "TFDS_DATA_DIR": str(tmp_path / "tfds"),
+                "DOWNLOAD_VOC": False,
+            },
+            str(tmp_path),
+            environ=KERNEL_ENV,
+        )
+    message = str(failure.value)
+    assert "--- its source ---\nif DEVKIT:" in message and "ConfigError" in message, message[:3000]
+    assert f"tfds build voc/2007 --data_dir={tmp_path / 'tfds'}" in message
+    assert not (tmp_path / "runs").exists()

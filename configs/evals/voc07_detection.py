@@ -15,7 +15,9 @@ precomputed proposals (Detectron's pickles, e.g. the Selective Search ones it pu
 VOC07; 30,000 iterations, x0.1 at 22,000): ``proposals=/data/voc_2007_{split}.pkl``. A larger
 batch scales the rate linearly (``--config.optim.batch_size=16`` gives lr 0.008; the warm-up
 and step counts stay as set). E/results.json has per-class AP (VOC2007 11-point, and
-all-points), E/detections.json every detection, E/detections.png a few test images.
+all-points), E/detections.json every detection, E/detections.png a few test images. A quick
+look (a CPU, a notebook): ``--config.data.test_images=N`` detects and scores only N test images
+spread over the split, numbers not to compare with the benchmark's.
 
 Paper numbers it should reproduce: the VOC07 rows of Goyal et al.'s detection tables (frozen
 conv body, and full fine-tuning) for supervised and Jigsaw ImageNet-1k ResNet-50s (FAIR's

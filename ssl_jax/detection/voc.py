@@ -468,6 +468,27 @@ def with_objects(dataset: DetectionSet) -> DetectionSet:
     )
 
 
+def evenly_spaced(dataset: DetectionSet, count: int) -> DetectionSet:
+    """``count`` images of ``dataset`` spread evenly over its order (the first, then every
+    ``num_images / count``-th), so that a split listed class by class shows more than its
+    first class; all of them when ``count`` is 0 or at least ``num_images``. The name says
+    which subset it is ("...:test[8 of 91]"). For a quick look, not for numbers to compare
+    with the benchmark's."""
+    n = dataset.num_images
+    if count < 0:
+        raise ValueError(f"evenly_spaced({dataset.name}, count={count}): count must be >= 0.")
+    if count == 0 or count >= n:
+        return dataset
+    kept = [i * n // count for i in range(count)]
+    source = dataset.image_bytes
+    return dataclasses.replace(
+        dataset,
+        name=f"{dataset.name}[{count} of {n}]",
+        annotations=tuple(dataset.annotations[i] for i in kept),
+        image_bytes=lambda i: source(kept[i]),
+    )
+
+
 def union(a: DetectionSet, b: DetectionSet) -> DetectionSet:
     """``a``'s images then ``b``'s (VOC07+12 trainval); both must have the same classes and no
     image id in common."""

@@ -79,6 +79,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.data.train = "voc07"  # voc07 | voc0712 (the union of both trainval sets)
     c.data.train_split = "trainval"
     c.data.test_split = "test"  # VOC2007's
+    # > 0: detect and score only N test images, spread evenly over the split (voc.evenly_spaced;
+    # a quick look, e.g. a notebook on a CPU: not numbers to compare with the benchmark's).
+    c.data.test_images = 0
     c.data.classes = "voc"  # voc (the 20) | auto (those in the annotations) | "a,b,..."
 
     c.proposals = ml_collections.ConfigDict()
@@ -147,7 +150,7 @@ def defaults() -> ml_collections.ConfigDict:
     # Also score the trained model with these RoIAlign sampling counts (e.g. (2,): Detectron2's
     # fixed count against the adaptive one); results.json "roi_sampling_variants".
     c.test.roi_sampling_variants = ()
-    c.test.picture_images = 8  # test images in detections.png
+    c.test.picture_images = 8  # test images in detections.png, spread over the test set
 
     c.train = ml_collections.ConfigDict()
     c.train.log_every = 20
@@ -420,6 +423,11 @@ class DetectionBenchmark:
             raise config_lib.ConfigError(
                 "config.data.source='vocdevkit' needs config.data.path (a VOCdevkit folder)."
             )
+        if not isinstance(d.test_images, int) or d.test_images < 0:
+            raise config_lib.ConfigError(
+                f"config.data.test_images={d.test_images!r}; use 0 (every test image: the "
+                "benchmark) or a positive count (that many, spread over the test split)."
+            )
         if d.train not in TRAIN_SETS:
             raise config_lib.ConfigError(
                 f"config.data.train={d.train!r}; allowed: {', '.join(TRAIN_SETS)}."
@@ -502,7 +510,8 @@ class DetectionBenchmark:
 
         train_set = voc.with_objects(self._read(config.data.train_split,
                                                 TRAIN_SETS[config.data.train]))  # fmt: skip
-        test_set = self._read(config.data.test_split, ("2007",))
+        test_set = voc.evenly_spaced(self._read(config.data.test_split, ("2007",)),
+                                     int(config.data.test_images))  # fmt: skip
         if train_set.classes != test_set.classes:
             raise config_lib.ConfigError(
                 f"The train classes {train_set.classes} differ from the test classes "
@@ -684,9 +693,11 @@ def _picture(dataset, detections, path, count, title) -> None:
     by_image: dict[str, list] = {}
     for d in detections:
         by_image.setdefault(d["image_id"], []).append(d)
+    # Spread over the set: one listed class by class shows more than its first class.
+    shown = voc.evenly_spaced(dataset, count)
     images, drawn = [], []
-    for index, annotation in enumerate(dataset.annotations[:count]):
-        data = np.frombuffer(dataset.image_bytes(index), np.uint8)
+    for index, annotation in enumerate(shown.annotations):
+        data = np.frombuffer(shown.image_bytes(index), np.uint8)
         image = cv2.imdecode(data, cv2.IMREAD_COLOR)
         if image is None:
             continue
