@@ -344,6 +344,51 @@ def tfds_box_to_voc(bbox: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.where(np.abs(boxes - nearest) < 1e-3, nearest, boxes)
 
 
+def _prepared_builder(name: str, data_dir: str | None, config_key: str, download: bool = False):
+    """The TFDS builder of a prepared dataset (prepared here first with ``download``), or a
+    ConfigError saying how to prepare it."""
+    import tensorflow_datasets as tfds  # heavy: imported only where TFDS data is read
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # DatasetNotFoundError and friends
+        raise ConfigError(
+            f"{config_key}.name={name!r} is not a TFDS dataset ({e}); use 'voc/2007' or 'voc/2012'."
+        ) from None
+    if download and not builder.is_prepared():
+        builder.download_and_prepare()
+    if not builder.is_prepared():
+        searched = os.fspath(builder.data_dir)
+        root = data_dir or "<a TFDS data_dir>"
+        raise ConfigError(
+            f"The TFDS dataset {name!r} is not prepared: nothing at {searched} "
+            f"({config_key}.data_dir={data_dir!r}). Nothing is downloaded here. Prepare it once "
+            f"on a machine with network with\n  tfds build {name} --data_dir={root}\nand set "
+            f"{config_key}.data_dir; or extract the VOC archives and use the vocdevkit source "
+            f"({config_key}.source='vocdevkit', {config_key}.path=<the VOCdevkit folder>)."
+        )
+    return builder
+
+
+def prepare_tfds(
+    name: str = "voc/2007",
+    data_dir: str | None = None,
+    *,
+    download: bool = False,
+    config_key: str = "config.data",
+) -> dict[str, int]:
+    """Checks that a TFDS VOC dataset is ready for ``read_tfds``; with ``download``, downloads
+    and prepares it in ``data_dir`` first unless it is there (the one place ssl_jax downloads,
+    and only when asked: notebooks). Returns its split sizes.
+
+    Raises:
+        ConfigError: not prepared and ``download`` False (the message says how to prepare it),
+            or ``name`` not a TFDS dataset.
+    """
+    builder = _prepared_builder(name, data_dir, config_key, download)
+    return {split: info.num_examples for split, info in builder.info.splits.items()}
+
+
 def read_tfds(
     name: str = "voc/2007",
     split: str = "trainval",
@@ -375,22 +420,7 @@ def read_tfds(
     """
     import tensorflow_datasets as tfds  # heavy: imported only where TFDS data is read
 
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # DatasetNotFoundError and friends
-        raise ConfigError(
-            f"{config_key}.name={name!r} is not a TFDS dataset ({e}); use 'voc/2007' or 'voc/2012'."
-        ) from None
-    if not builder.is_prepared():
-        searched = os.fspath(builder.data_dir)
-        root = data_dir or "<a TFDS data_dir>"
-        raise ConfigError(
-            f"The TFDS dataset {name!r} is not prepared: nothing at {searched} "
-            f"({config_key}.data_dir={data_dir!r}). Nothing is downloaded here. Prepare it once "
-            f"on a machine with network with\n  tfds build {name} --data_dir={root}\nand set "
-            f"{config_key}.data_dir; or extract the VOC archives and use the vocdevkit source "
-            f"({config_key}.source='vocdevkit', {config_key}.path=<the VOCdevkit folder>)."
-        )
+    builder = _prepared_builder(name, data_dir, config_key)
     available = set(builder.info.splits)
     if split in available:
         parts: tuple[str, ...] = (split,)
