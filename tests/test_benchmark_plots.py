@@ -124,3 +124,19 @@ def test_wrong_results_are_named():
         plots.lowshot_figure({"pretrained": lowshot}, layer="res9")
     with pytest.raises(ValueError, match="No results given"):
         plots.layer_figure({})
+
+
+def test_lowshot_table():
+    pretrained = lowshot_results(
+        {"res2": {16: (0.4, 0.005), 1: (0.15, 0.02)}, "res3": {1: (0.2, 0.03), 16: (0.3, 0.01)}}
+    )
+    random = lowshot_results({"res3": {1: (0.11, 0.01), 16: (0.14, 0.0)}})
+    table = plots.lowshot_table({"pretrained": pretrained, "random": random})
+    assert table.strip().splitlines() == [
+        "| k | pretrained (res2) | random (res3) |",
+        "|---|---|---|",
+        "| 1 | 15.00 ± 2.00 | 11.00 ± 1.00 |",
+        "| 16 | 40.00 ± 0.50 | 14.00 ± 0.00 |",
+    ]
+    at_res3 = plots.lowshot_table({"pretrained": pretrained}, layer="res3")
+    assert "| 1 | 20.00 ± 3.00 |" in at_res3

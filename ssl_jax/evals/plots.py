@@ -4,7 +4,7 @@ random, or any others) layer by layer.
     svm = {"pretrained": notebook.read_results(E1), "random": notebook.read_results(E2)}
     fig = plots.layer_figure(svm)        # voc07_svm: mAP per layer, a line per weights
     fig = plots.lowshot_figure(lowshot)  # voc07_lowshot / places205_lowshot: mAP against k
-    print(plots.layer_table(svm))
+    print(plots.layer_table(svm), plots.lowshot_table(lowshot))
 
 Each takes ``{label: results.json dict}``, drawn in that order (the same colour for the same
 position in both figures). Values are in % (results.json holds fractions). The figures are
@@ -163,4 +163,21 @@ def layer_table(by_weights: Mapping[str, Results]) -> str:
         if diff:
             cells.append("" if None in values else f"{values[0] - values[1]:+.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def lowshot_table(by_weights: Mapping[str, Results], layer: str = "") -> str:
+    """Low-shot mAP (%) as a markdown table, a row per k and a column per weights (mean ± std
+    over the samples), at ``layer`` or ("") each weights' best layer at the largest k."""
+    _weights(by_weights, LOWSHOT, "voc07_svm results: see layer_table.")
+    columns = {}
+    for label, results in by_weights.items():
+        name = layer or best_lowshot_layer(results, label)
+        ks, mean, std = lowshot_curve(results, name, label)
+        cells = {k: f"{m:.2f} ± {s:.2f}" for k, m, s in zip(ks, mean, std, strict=True)}
+        columns[f"{label} ({name})"] = cells
+    ks = sorted({k for cells in columns.values() for k in cells})
+    lines = ["| k | " + " | ".join(columns) + " |", "|" + "---|" * (1 + len(columns))]
+    for k in ks:
+        lines.append(f"| {k} | " + " | ".join(c.get(k, "") for c in columns.values()) + " |")
     return "\n".join(lines) + "\n"
