@@ -103,12 +103,9 @@ def layer_figure(by_weights: Mapping[str, Results], title: str = "") -> Figure:
         )
     ax.set_xticks(range(len(layers)), layers)
     first = next(iter(by_weights.values()))
-    images = f"{first['train']['images']} train / {first['test']['images']} test images"
-    ax.set(
-        xlabel="frozen layer",
-        ylabel="mAP (%)",
-        title=title or f"VOC07-protocol SVMs per layer ({images})",
-    )
+    train, test = (first.get(split, {}).get("images") for split in ("train", "test"))
+    images = f" ({train} train / {test} test images)" if train and test else ""
+    ax.set(xlabel="frozen layer", ylabel="mAP (%)", title=title or f"VOC07-protocol SVMs{images}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
