@@ -228,6 +228,15 @@ def test_small_scale_svm_config():
     assert c.data.test.path.endswith(os.path.join("cifar10", "test"))
 
 
+def test_small_scale_lowshot_config():
+    """configs/cifar/lowshot.py: svm.py's images and features, the low-shot benchmark."""
+    c = config_lib.load_config(os.path.join(ROOT, "configs/cifar/lowshot.py:train_images=300"))
+    assert c.evaluation == "voc07_lowshot" and c.data.train.max_examples == 300
+    assert (c.features.size, c.features.pooling) == (64, "adaptive")
+    assert c.low_shot.ks == (1, 2, 4, 8, 16, 32, 64, 96) and c.low_shot.samples == 5
+    assert c.data.test.path.endswith(os.path.join("cifar10", "test"))
+
+
 def test_config_argument_holds_a_url():
     """A bucket path keeps its scheme's colon; other colons still separate items."""
     a = config_lib.parse_arg(

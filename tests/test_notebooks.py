@@ -180,6 +180,48 @@ def test_tpu_pretraining_runs_its_small_setting_on_a_cpu(gcs_bucket, tmp_path):
     assert int(state["step"]) == 6
 
 
+@pytest.mark.slow
+def test_benchmarks_runs_on_a_cpu(tmp_path, cifar10_dir):
+    """Jigsaw pretrained for 10 steps against random weights: both benchmarks on the CIFAR-10
+    folders at a few hundred images, 3 costs, k = 1, 2, 4."""
+    figures, runs = tmp_path / "figures", tmp_path / "runs"
+    notebook = execute(
+        "benchmarks",
+        {
+            "WORKDIR": str(runs),
+            "FIGURES": str(figures),
+            "DATA": cifar10_dir,
+            "PRETRAIN_STEPS": 10,
+            "PRETRAIN_OVERRIDES": {"train.log_every": 2},
+            "TRAIN_IMAGES": 200,
+            "TEST_IMAGES": 300,
+            "COSTS": (0.1, 1.0, 10.0),
+            "LOWSHOT_KS": (1, 2, 4),
+            "LOWSHOT_SAMPLES": 2,
+        },
+        str(tmp_path),
+        environ=KERNEL_ENV,
+    )
+    assert_figures(figures, {"jigsaw_training.png", "svm_layers.png", "lowshot.png"})
+    layers = ["conv1", "res2", "res3", "res4", "res5", "pool5"]
+    for weights, random_init in (("pretrained", False), ("random", True)):
+        svm = json.loads((runs / f"svm_{weights}" / "results.json").read_text())
+        assert svm["random_init"] is random_init and svm["train"]["images"] == 200
+        assert list(svm["layers"]) == layers
+        assert all(0 <= 100 * r["mAP"] <= 100 for r in svm["layers"].values()), svm["layers"]
+        lowshot = json.loads((runs / f"lowshot_{weights}" / "results.json").read_text())
+        assert lowshot["evaluation"] == "voc07_lowshot" and lowshot["random_init"] is random_init
+        assert list(lowshot["layers"]) == layers
+        for r in lowshot["layers"].values():
+            assert list(r["ks"]) == ["1", "2", "4"]
+            assert all(0 <= 100 * s["mean"] <= 100 for s in r["ks"].values())
+    text = outputs_text(notebook)
+    assert "backend cpu: 1 device(s)" in text
+    assert re.search(r"step 10: loss \d", text), text[-2000:]
+    assert "| layer | pretrained | random | pretrained − random |" in text
+    assert re.search(r"\| k \| pretrained \(\w+\) \| random \(\w+\) \|", text), text[-2000:]
+
+
 def load_installer():
     """colab/install.py, the notebooks' installer (a script: Colab runs it before ssl_jax is
     importable)."""
