@@ -288,3 +288,15 @@ def show_png(path: str, copy_to: str | None = None):
 
         display(Image(data=data))
     return copy_to or path
+
+
+def show_markdown(text: str) -> str:
+    """Shows markdown (a results.md, say) rendered in the notebook, as text elsewhere; returns
+    it."""
+    if "IPython" in sys.modules:
+        from IPython.display import Markdown, display  # IPython: present only in a notebook
+
+        display(Markdown(text))
+    else:
+        print(text)
+    return text

@@ -531,3 +531,11 @@ def test_picture(tmp_path):
     assert Image.open(path).size == (60, 40)
     with pytest.raises(ValueError, match="uint8"):
         picture.draw([np.zeros((4, 4), np.float32)], [[]], path)
+
+
+def test_prepare_tfds_never_downloads_unless_asked(tmp_path):
+    """Without ``download`` an unprepared voc/2007 is an error saying how to prepare it, and
+    nothing is written where it looked."""
+    with pytest.raises(ConfigError, match="Nothing is downloaded here"):
+        voc.prepare_tfds("voc/2007", str(tmp_path / "tfds"))
+    assert not any((tmp_path / "tfds").rglob("*.tfrecord*"))

@@ -37,6 +37,11 @@ SMALL_TRUNK = {"model.depth": 18, "model.width": 0.125}
 QUICK_RUN = {**SMALL_TRUNK, "train.log_every": 2}
 
 
+# What a notebook cell may import: ssl_jax, JAX, Colab's authentication, and the standard
+# modules the install cell needs.
+NOTEBOOK_IMPORTS = {"ssl_jax", "jax", "google", "importlib", "os", "subprocess", "sys"}
+
+
 def stored_notebooks() -> list[str]:
     return sorted(f[: -len(".ipynb")] for f in os.listdir(COLAB) if f.endswith(".ipynb"))
 
@@ -87,6 +92,17 @@ def test_notebooks_use_the_public_api_only(name):
                 f"colab/{name}.ipynb code cell {number} defines {getattr(node, 'name', 'a lambda')}"
                 "; put it in the library"
             )
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                modules = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                )
+                outside = [m for m in modules if m.split(".")[0] not in NOTEBOOK_IMPORTS]
+                assert not outside, (
+                    f"colab/{name}.ipynb code cell {number} imports {outside}: the notebooks use "
+                    "ssl_jax's API (add what is missing there), JAX and Colab's own modules"
+                )
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ssl_jax"):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"code cell {number} imports private {private}"
