@@ -21,7 +21,8 @@ Writes to ``out_dir``:
   layer and one column per layer;
 - runs.md: the same as markdown tables (best layers; then per-layer values per benchmark), and
   notes on figures left out;
-- one PNG per claim, the transfer metric being ``metric``'s best-layer value:
+- one PNG per claim, the transfer metric being ``metric``'s best-layer value (or one layer's,
+  with ``--metric=voc07_svm/res4``):
   fig_data_size.png (against data size, log axis, a panel per task, a line per model),
   fig_permutations.png (Jigsaw, against |P|), fig_colorization_k.png (Colorization, against K),
   fig_model_gap.png (second minus first of ``gap_models`` against data size), and per second axis
@@ -684,7 +685,9 @@ def write(
         paths.write_bytes(path, png.getvalue())
         written.append(path)
     metric = choose_metric(rows, metric)
-    notes = [f"Transfer metric in the figures: {metric}, best layer per run."] + notes
+    benchmark, _, layer = metric.partition("/")
+    notes = [f"Transfer metric in the figures: {benchmark}, "
+             + (f"layer {layer}." if layer else "best layer per run.")] + notes  # fmt: skip
     paths.write_text(written[1], markdown(rows, notes))
     return written
 
@@ -697,7 +700,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--sweep_dir", required=True)
     parser.add_argument("--out_dir", default=None, help="default: SWEEP_DIR/results")
-    parser.add_argument("--metric", default=None, help="benchmark of the figures")
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="benchmark of the figures (its best layer), or benchmark/layer (voc07_svm/res4)",
+    )
     parser.add_argument("--lowshot_k", type=int, default=None, help="0: the largest k")
     parser.add_argument("--gap_models", default=None, help="two model names, e.g. alexnet,r50")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

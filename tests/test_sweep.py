@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import config_lib, sweep, sweep_results
+from ssl_jax import paths as ssl_paths
 from ssl_jax.train import optim as optim_lib
 
 PAPER = "configs/sweeps/paper_axes.py"
@@ -427,6 +428,10 @@ def test_results_cli(fabricated, tmp_path, capsys):
     printed = capsys.readouterr().out.split()
     assert str(out / "runs.md") in printed and str(out / "fig_model_gap.png") in printed
     assert sweep_results.main([f"--sweep_dir={tmp_path / 'missing'}"]) == 2
+    # One layer's figures.
+    assert sweep_results.main(args + ["--metric=voc07_svm/conv1"]) == 0
+    with open(out / "runs.md") as f:
+        assert "Transfer metric in the figures: voc07_svm, layer conv1." in f.read()
 
 
 def test_config_docstrings_document_the_format():
@@ -596,6 +601,15 @@ def test_read_the_repository_results():
         ("voc07_svm: best layer", "voc07_svm"),
         ("voc07_svm: conv1", "voc07_svm/conv1"),
     ]
+
+
+def test_read_results_from_a_bucket(gcs_bucket):
+    local = os.path.join(sweep.REPO_ROOT, "benchmarks/results/cifar_axes")
+    with open(os.path.join(local, "runs.csv")) as f:
+        ssl_paths.write_text(f"{gcs_bucket}/cifar_axes/runs.csv", f.read())
+    assert sweep_results.read(f"{gcs_bucket}/cifar_axes") == sweep_results.read(local)
+    with pytest.raises(FileNotFoundError, match="gs://ssl-test/nothing holds no runs.csv"):
+        sweep_results.read(f"{gcs_bucket}/nothing")
 
 
 def test_per_axis_figures_plot_the_chosen_measure(fabricated):
