@@ -13,6 +13,7 @@ holds the chips. Errors are raised, with the messages the command prints, not ex
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import os
@@ -54,6 +55,25 @@ def show_devices() -> str:
     )
     print(text)
     return text
+
+
+def interactive(requested: bool | str = "auto") -> bool:
+    """Whether a notebook draws its figures with dropdowns (ipywidgets) rather than statically,
+    and prints which. ``requested``: "auto" (in Colab, when ipywidgets is there), True (also in
+    a Jupyter that shows widgets) or False."""
+    if requested not in ("auto", True, False):
+        raise ValueError(f'INTERACTIVE={requested!r}: use "auto", True or False.')
+    if requested is False:
+        reason = "INTERACTIVE = False"
+    elif importlib.util.find_spec("ipywidgets") is None:
+        reason = "ipywidgets is not installed (pip install ipywidgets, then run again)"
+    elif requested == "auto" and "google.colab" not in sys.modules:
+        reason = "not in Colab (INTERACTIVE = True draws the dropdowns in a Jupyter with widgets)"
+    else:
+        print("Interactive figures: each has a dropdown; its default view is saved as a PNG.")
+        return True
+    print(f"Static figures only: {reason}.")
+    return False
 
 
 def config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:

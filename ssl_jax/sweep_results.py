@@ -21,7 +21,8 @@ Writes to ``out_dir``:
   layer and one column per layer;
 - runs.md: the same as markdown tables (best layers; then per-layer values per benchmark), and
   notes on figures left out;
-- one PNG per claim, the transfer metric being ``metric``'s best-layer value:
+- one PNG per claim, the transfer metric being ``metric``'s best-layer value (or one layer's,
+  with ``--metric=voc07_svm/res4``):
   fig_data_size.png (against data size, log axis, a panel per task, a line per model),
   fig_permutations.png (Jigsaw, against |P|), fig_colorization_k.png (Colorization, against K),
   fig_model_gap.png (second minus first of ``gap_models`` against data size), and per second axis
@@ -29,6 +30,11 @@ Writes to ``out_dir``:
   second axis off its default appear only in that axis's figure.
   A figure whose axis has a single value in the sweep (or, for the gap, lacks one of the two
   models) is left out with a note in runs.md.
+
+Read back (colab/scaling.ipynb does): ``read(folder)`` gives the rows of a results folder's
+runs.csv (or of a sweep folder's runs); ``data_size_figure``, ``complexity_figure`` and
+``model_gap_figure`` draw one axis for any of ``measures(rows)``: a benchmark's best layer
+("voc07_svm") or one layer ("voc07_svm/conv2").
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import io
 import math
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -169,6 +176,7 @@ def flat_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         flat = {k: r[k] for k in ("run", "task", "model", "data_size", "axis", "complexity",
                                   "pretrain_step")}  # fmt: skip
         flat["extra_axes"] = _extras_text(r)
+        flat["extra_defaults"] = _axes_text(r.get("extra_defaults", {}))
         for b, layers in layer_names.items():
             scores = r["benchmarks"].get(b, {})
             flat[b] = _round(scores.get("best"))
@@ -180,7 +188,17 @@ def flat_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _extras_text(row: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(off_default(row).items()))
+    return _axes_text(off_default(row))
+
+
+def _axes_text(axes: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(axes.items()))
+
+
+def _axes_values(text: str) -> dict[str, int]:
+    """The inverse of ``_axes_text``: "bin=15, x=2" -> {"bin": 15, "x": 2}."""
+    pairs = (item.partition("=") for item in text.split(",") if item.strip())
+    return {k.strip(): int(v) for k, _, v in pairs}
 
 
 def _layers(rows: Sequence[dict[str, Any]], benchmark: str) -> list[str]:
@@ -263,7 +281,116 @@ def _size(size: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Reading results back
+
+AXIS_COLUMNS = ("run", "task", "model", "data_size", "axis", "complexity", "pretrain_step",
+                "extra_axes", "extra_defaults")  # fmt: skip
+
+
+def read(results: str, lowshot_k: int = 0) -> list[dict[str, Any]]:
+    """A sweep's rows, as ``collect`` gives them, from ``results`` (local or gs://): its runs.csv
+    when it has one (a results folder that ``write`` filled), else the run directories of a sweep
+    folder (``collect``, with ``lowshot_k``)."""
+    table = paths.join(results, "runs.csv")
+    if paths.isfile(table):
+        return read_csv(table)
+    rows = collect(results, lowshot_k) if paths.isdir(results) else []
+    if not rows:
+        raise FileNotFoundError(
+            f"{results} holds no runs.csv and no run directories: give a sweep's results folder "
+            "(python -m ssl_jax.sweep_results --sweep_dir=D writes D/results/runs.csv) or the "
+            "sweep folder D itself."
+        )
+    return rows
+
+
+def read_csv(path: str) -> list[dict[str, Any]]:
+    """A runs.csv that ``write_csv`` wrote, back as ``collect``'s rows (what ``figures``,
+    ``markdown`` and the per-axis figures take). The CSV does not keep: digits beyond 0.01, the
+    low-shot notes; a benchmark's evaluation and unit come from its name (voc07_svm,
+    places205_linear). Second axes: extra_axes holds those off their defaults ("bin=15"),
+    extra_defaults every default ("bin=10"; a CSV without it reads as all runs at defaults)."""
+    reader = csv.DictReader(io.StringIO(paths.read_text(path)))
+    fields = reader.fieldnames or []
+    if not fields:
+        return []
+    missing = [c for c in AXIS_COLUMNS[:6] if c not in fields]
+    if missing:
+        raise ValueError(
+            f"{path} has no column(s) {missing}: not a runs.csv written by "
+            "python -m ssl_jax.sweep_results (its columns: run, task, model, data_size, axis, "
+            "complexity, pretrain_step, then per benchmark B: B, B_layer and B/<layer>)."
+        )
+    benchmarks = [
+        f for f in fields if f not in AXIS_COLUMNS and "/" not in f and f"{f}_layer" in fields
+    ]
+    layer_columns = {b: [f for f in fields if f.startswith(f"{b}/")] for b in benchmarks}
+    rows = []
+    for number, flat in enumerate(reader, 1):
+        try:
+            rows.append(_csv_row(flat, layer_columns))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}, row {number} (run {flat.get('run')!r}): {e}") from None
+    rows.sort(key=lambda r: (r["task"], r["model"], r["data_size"], r["complexity"]))
+    return rows
+
+
+def _csv_row(flat: dict[str, str], layer_columns: dict[str, list[str]]) -> dict[str, Any]:
+    step = flat.get("pretrain_step") or ""
+    defaults = _axes_values(flat.get("extra_defaults") or "")
+    row = {
+        "run": flat["run"],
+        "task": flat["task"],
+        "model": flat["model"],
+        "data_size": _int_or_float(flat["data_size"]),
+        "axis": flat["axis"],
+        "complexity": int(flat["complexity"]),
+        "pretrain_step": int(step) if step else None,
+        # The axes at their defaults, then those off them (the only ones an older CSV has).
+        "extra_axes": defaults | _axes_values(flat.get("extra_axes") or ""),
+        "extra_defaults": defaults,
+        "benchmarks": {},
+    }
+    for b, columns in layer_columns.items():
+        layers = {c.split("/", 1)[1]: float(flat[c]) for c in columns if flat[c] != ""}
+        if flat[b] == "" and not layers:
+            continue  # this run has no results of b
+        evaluation = evaluation_of(b)
+        row["benchmarks"][b] = {
+            "evaluation": evaluation,
+            "unit": UNITS.get(evaluation, ""),
+            "best": float(flat[b]) if flat[b] != "" else None,
+            "best_layer": flat[f"{b}_layer"] or None,
+            "layers": layers,
+            "note": "",
+        }
+    return row
+
+
+def _int_or_float(text: str) -> int | float:
+    """A number as ``str`` wrote it: "1000" -> 1000, "0.1" -> 0.1."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def evaluation_of(benchmark: str) -> str:
+    """The evaluation a benchmark's name ends with ("places205_linear" -> "linear"), or ""."""
+    for evaluation in sorted(UNITS, key=len, reverse=True):
+        if benchmark.endswith(evaluation):
+            return evaluation
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
 # Figures
+
+# Problem complexity, per task: figure key, axis letter, what the axis is.
+COMPLEXITY_FIGURES = {
+    "jigsaw": ("permutations", "P", "|P|, permutations"),
+    "colorization": ("colorization_k", "K", "K, nearest ab bins"),
+}
 
 
 def choose_metric(rows: Sequence[dict[str, Any]], metric: str = "") -> str:
@@ -276,17 +403,53 @@ def choose_metric(rows: Sequence[dict[str, Any]], metric: str = "") -> str:
     return names[0] if names else ""
 
 
-def _score(row: dict[str, Any], metric: str) -> float | None:
-    s = row["benchmarks"].get(metric)
-    return None if s is None else s["best"]
+def measures(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """What a figure can plot, as (label, measure) pairs for a dropdown: per benchmark its best
+    layer ("voc07_svm"), then each layer ("voc07_svm/conv2"), as runs.csv names its columns."""
+    out = []
+    for b in benchmark_names(rows):
+        out.append((f"{b}: best layer", b))
+        out += [(f"{b}: {layer}", f"{b}/{layer}") for layer in _layers(rows, b)]
+    return out
 
 
-def _series(rows, metric, x_key, group_keys):
+def score(row: dict[str, Any], measure: str) -> float | None:
+    """The run's value (%) of ``measure``: "voc07_svm" its best layer's, "voc07_svm/conv2" that
+    layer's; None when the run has none."""
+    benchmark, _, layer = measure.partition("/")
+    s = row["benchmarks"].get(benchmark)
+    if s is None:
+        return None
+    return s["layers"].get(layer) if layer else s["best"]
+
+
+def _check_measure(rows: Sequence[dict[str, Any]], measure: str) -> str:
+    measure = choose_metric(rows, measure)
+    known = [m for _, m in measures(rows)]
+    if measure not in known:
+        raise ValueError(
+            f"measure={measure!r} is not in these results; known: {known} (a benchmark for its "
+            "best layer, or benchmark/layer)."
+        )
+    return measure
+
+
+def _ylabel(rows: Sequence[dict[str, Any]], measure: str) -> str:
+    benchmark, _, layer = measure.partition("/")
+    return f"{benchmark} {_unit(rows, benchmark)}, {layer or 'best layer'}"
+
+
+def _paper_rows(rows: Sequence[dict[str, Any]], measure: str) -> list[dict[str, Any]]:
+    """The runs with a value of ``measure`` and every second axis at its default."""
+    return [r for r in rows if score(r, measure) is not None and not off_default(r)]
+
+
+def _series(rows, measure, x_key, group_keys):
     """{group tuple: sorted [(x, y)]} over rows with a score, for groups with two points or
     more (a lone point is no trend: grid="axes" puts the other complexities at one size)."""
     out: dict[tuple, list[tuple[float, float]]] = {}
     for r in rows:
-        y = _score(r, metric)
+        y = score(r, measure)
         if y is None:
             continue
         out.setdefault(tuple(r[k] for k in group_keys), []).append((r[x_key], y))
@@ -297,6 +460,179 @@ def _distinct(rows, key) -> list:
     return sorted({r[key] for r in rows})
 
 
+def data_size_figure(rows: Sequence[dict[str, Any]], measure: str = "") -> Figure:
+    """Transfer (``measure``: "voc07_svm" for its best layer, "voc07_svm/conv2" for a layer;
+    default ``choose_metric``'s) against the pretraining data size, log axis: a panel per task,
+    a line per model and complexity, over the runs with second axes at their defaults. With
+    nothing to draw, a figure that says why."""
+    return _or_note(*_data_size(rows, _check_measure(rows, measure)))
+
+
+def complexity_figure(
+    rows: Sequence[dict[str, Any]], task: str = "jigsaw", measure: str = ""
+) -> Figure:
+    """Transfer against the problem complexity of ``task``: |P| for jigsaw, K for colorization
+    (log axis), a line per model and data size; ``measure`` as in ``data_size_figure``."""
+    if task not in COMPLEXITY_FIGURES:
+        raise ValueError(f"task={task!r}: the complexity axes are {list(COMPLEXITY_FIGURES)}.")
+    return _or_note(*_complexity(rows, task, _check_measure(rows, measure)))
+
+
+def model_gap_figure(
+    rows: Sequence[dict[str, Any]], measure: str = "", models: Sequence[str] = ("alexnet", "r50")
+) -> Figure:
+    """Model capacity: the second of ``models`` minus the first (``measure`` as in
+    ``data_size_figure``) against the data size, a line per task and complexity."""
+    return _or_note(*_model_gap(rows, _check_measure(rows, measure), models))
+
+
+def note_figure(text: str) -> Figure:
+    """A small figure holding ``text`` (why there is nothing to draw)."""
+    fig = Figure(figsize=(6, 1.2))
+    fig.text(0.5, 0.5, textwrap.fill(f"Nothing to draw: {text}", 80), ha="center", va="center")
+    return fig
+
+
+def _or_note(fig: Figure | None, reason: str) -> Figure:
+    return note_figure(reason) if fig is None else fig
+
+
+def _data_size(rows, measure) -> tuple[Figure | None, str]:
+    """Transfer against data size, or None and the reason."""
+    scored = _paper_rows(rows, measure)
+    sizes = _distinct(scored, "data_size")
+    if not sizes:
+        return None, f"no run at the second axes' defaults has results for {measure}."
+    if len(sizes) < 2:
+        return None, f"one data size in the sweep ({_size(sizes[0])})."
+    by_task = {
+        task: _series([r for r in scored if r["task"] == task], measure, "data_size",
+                      ("model", "axis", "complexity"))
+        for task in _distinct(scored, "task")
+    }  # fmt: skip
+    by_task = {task: series for task, series in by_task.items() if series}
+    if not by_task:
+        return None, "no model and complexity with results at two data sizes."
+    fig = Figure(figsize=(5.5 * len(by_task), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(by_task), squeeze=False)[0]
+    for ax, (task, series) in zip(axes, by_task.items(), strict=True):
+        for (model, axis, value), pts in series.items():
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, marker="o", label=f"{model}, {axis}={value}")
+        ax.set_xscale("log")
+        ax.set_xlabel("pretraining images (log scale)")
+        ax.set_ylabel(_ylabel(rows, measure))
+        ax.set_title(f"{task}: transfer vs data size")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    return fig, ""
+
+
+def _complexity(rows, task, measure) -> tuple[Figure | None, str]:
+    """Transfer against ``task``'s problem complexity, or None and the reason."""
+    _, axis, what = COMPLEXITY_FIGURES[task]
+    task_rows = [r for r in _paper_rows(rows, measure) if r["task"] == task]
+    values = _distinct(task_rows, "complexity")
+    if len(values) < 2:
+        return None, f"{task} has " + (
+            f"one value of {axis} ({values[0]})." if values else "no runs with results."
+        )
+    series = _series(task_rows, measure, "complexity", ("model", "data_size"))
+    if not series:
+        return None, f"no model and data size with results at two values of {axis}."
+    fig = Figure(figsize=(6, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for (model, size), pts in series.items():
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker="o", label=f"{model}, {_size(size)} images")
+    ax.set_xscale("log")
+    ax.set_xticks(values, [str(v) for v in values])
+    ax.minorticks_off()
+    ax.set_xlabel(f"problem complexity {what} (log scale)")
+    ax.set_ylabel(_ylabel(rows, measure))
+    ax.set_title(f"{task}: transfer vs problem complexity {AXIS_NAMES[axis].split()[0]}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig, ""
+
+
+def _second_axis(rows, task, label, measure) -> tuple[Figure | None, str]:
+    """Transfer against a second axis (e.g. Colorization's ab bin size), or None and the
+    reason: its runs, and the runs with every second axis at its default."""
+    axis_rows = [
+        dict(r, extra_value=r["extra_axes"][label])
+        for r in rows
+        if score(r, measure) is not None
+        and r["task"] == task
+        and label in r["extra_axes"]
+        and not {k for k in off_default(r) if k != label}
+    ]
+    values = _distinct(axis_rows, "extra_value")
+    series = _series(axis_rows, measure, "extra_value", ("model", "data_size", "complexity"))
+    if len(values) < 2 or not series:
+        return None, (
+            f"{task} has no model, data size and "
+            f"{axis_rows[0]['axis'] if axis_rows else 'complexity'} with results at two "
+            f"values of {label}."
+        )
+    fig = Figure(figsize=(6, 4.2), layout="constrained")
+    ax = fig.subplots()
+    axis = axis_rows[0]["axis"]
+    for (model, size, value), pts in series.items():
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker="o", label=f"{model}, {_size(size)} images, {axis}={value}")
+    ax.set_xscale("log")
+    ax.set_xticks(values, [str(v) for v in values])
+    ax.minorticks_off()
+    what = EXTRA_AXIS_NAMES.get(label, label)
+    ax.set_xlabel(f"{what} (log scale)")
+    ax.set_ylabel(_ylabel(rows, measure))
+    ax.set_title(f"{task}: transfer vs {what}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig, ""
+
+
+def _model_gap(rows, measure, models) -> tuple[Figure | None, str]:
+    """The gap between two models against data size, or None and the reason."""
+    small, large = models
+    scored = _paper_rows(rows, measure)
+    present = set(_distinct(scored, "model"))
+    missing = [m for m in (small, large) if m not in present]
+    if missing:
+        return None, (
+            f"no runs with results of model(s) {missing} (the gap's models: {list(models)}; "
+            f"models here: {sorted(present)})."
+        )
+    by_key = {(r["task"], r["model"], r["data_size"], r["complexity"]): score(r, measure)
+              for r in scored}  # fmt: skip
+    gaps: dict[tuple, list[tuple[float, float]]] = {}
+    for (task, model, size, value), y in by_key.items():
+        if model == large and (task, small, size, value) in by_key:
+            gaps.setdefault((task, value), []).append(
+                (size, y - by_key[(task, small, size, value)])
+            )
+    if len({x for pts in gaps.values() for x, _ in pts}) < 2:
+        return None, f"fewer than two data sizes with both {small} and {large} results."
+    fig = Figure(figsize=(6, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for (task, value), pts in sorted(gaps.items()):
+        xs, ys = zip(*sorted(pts), strict=True)
+        axis = next(r["axis"] for r in scored if r["task"] == task)
+        ax.plot(xs, ys, marker="o", label=f"{task}, {axis}={value}")
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("pretraining images (log scale)")
+    benchmark, _, layer = measure.partition("/")
+    ax.set_ylabel(
+        f"{large} - {small}: {benchmark} {_unit(rows, benchmark)}" + (f", {layer}" if layer else "")
+    )
+    ax.set_title(f"Model capacity: {large} vs {small} gap vs data size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig, ""
+
+
 def figures(
     rows: Sequence[dict[str, Any]],
     metric: str = "",
@@ -304,153 +640,21 @@ def figures(
 ) -> tuple[dict[str, Figure], list[str]]:
     """The paper's figures, one per claim, as matplotlib Figures (not yet saved), and notes on
     those left out. Keys: data_size, permutations, colorization_k, model_gap, and
-    <task>_<label> per second axis (colorization_bin)."""
-    metric = choose_metric(rows, metric)
-    figs: dict[str, Figure] = {}
-    notes: list[str] = []
-    all_scored = [r for r in rows if _score(r, metric) is not None]
-    if not all_scored:
-        return figs, [f"No run has results for {metric or 'any benchmark'}: no figures."]
-    # The paper's figures: runs with every second axis at its default.
-    scored = [r for r in all_scored if not off_default(r)]
-    ylabel = f"{metric} {_unit(rows, metric)}, best layer"
-    sizes = _distinct(scored or all_scored, "data_size")
-
-    # (a) Transfer against data size, a panel per task, a line per model (and complexity).
-    by_task = {
-        task: _series([r for r in scored if r["task"] == task], metric, "data_size",
-                      ("model", "axis", "complexity"))
-        for task in _distinct(scored, "task")
-    }  # fmt: skip
-    by_task = {task: series for task, series in by_task.items() if series}
-    if len(sizes) < 2:
-        notes.append(f"fig_data_size.png left out: one data size in the sweep ({_size(sizes[0])}).")
-    elif not by_task:
-        notes.append("fig_data_size.png left out: no model and complexity with results at two "
-                     "data sizes.")  # fmt: skip
-    else:
-        fig = Figure(figsize=(5.5 * len(by_task), 4.2), layout="constrained")
-        axes = fig.subplots(1, len(by_task), squeeze=False)[0]
-        for ax, (task, series) in zip(axes, by_task.items(), strict=True):
-            for (model, axis, value), pts in series.items():
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker="o", label=f"{model}, {axis}={value}")
-            ax.set_xscale("log")
-            ax.set_xlabel("pretraining images (log scale)")
-            ax.set_ylabel(ylabel)
-            ax.set_title(f"{task}: transfer vs data size")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize="small")
-        figs["data_size"] = fig
-
-    # (b), (c) Transfer against problem complexity, per task.
-    complexity_figures = (
-        ("permutations", "jigsaw", "P", "|P|, permutations"),
-        ("colorization_k", "colorization", "K", "K, nearest ab bins"),
-    )
-    for key, task, axis, what in complexity_figures:
-        task_rows = [r for r in scored if r["task"] == task]
-        values = _distinct(task_rows, "complexity")
-        if len(values) < 2:
-            notes.append(
-                f"fig_{key}.png left out: {task} has "
-                + (f"one value of {axis} ({values[0]})." if values else "no runs with results.")
-            )
-            continue
-        series = _series(task_rows, metric, "complexity", ("model", "data_size"))
-        if not series:
-            notes.append(f"fig_{key}.png left out: no model and data size with results at two "
-                         f"values of {axis}.")  # fmt: skip
-            continue
-        fig = Figure(figsize=(6, 4.2), layout="constrained")
-        ax = fig.subplots()
-        for (model, size), pts in series.items():
-            xs, ys = zip(*pts, strict=True)
-            ax.plot(xs, ys, marker="o", label=f"{model}, {_size(size)} images")
-        ax.set_xscale("log")
-        ax.set_xticks(values, [str(v) for v in values])
-        ax.minorticks_off()
-        ax.set_xlabel(f"problem complexity {what} (log scale)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{task}: transfer vs problem complexity {AXIS_NAMES[axis].split()[0]}")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
-        figs[key] = fig
-
-    # (e) Transfer against each second axis (e.g. Colorization's ab bin size), per task.
-    labels = sorted({(r["task"], k) for r in all_scored for k in r.get("extra_axes", {})})
-    for task, label in labels:
-        key = f"{task}_{label}"
-        axis_rows = [
-            dict(r, extra_value=r["extra_axes"][label])
-            for r in all_scored
-            if r["task"] == task
-            and label in r["extra_axes"]
-            and not {k for k in off_default(r) if k != label}
-        ]
-        values = _distinct(axis_rows, "extra_value")
-        series = _series(axis_rows, metric, "extra_value", ("model", "data_size", "complexity"))
-        if len(values) < 2 or not series:
-            notes.append(
-                f"fig_{key}.png left out: {task} has no model, data size and "
-                f"{axis_rows[0]['axis'] if axis_rows else 'complexity'} with results at two "
-                f"values of {label}."
-            )
-            continue
-        fig = Figure(figsize=(6, 4.2), layout="constrained")
-        ax = fig.subplots()
-        for (model, size, value), pts in series.items():
-            xs, ys = zip(*pts, strict=True)
-            axis = axis_rows[0]["axis"]
-            ax.plot(xs, ys, marker="o", label=f"{model}, {_size(size)} images, {axis}={value}")
-        ax.set_xscale("log")
-        ax.set_xticks(values, [str(v) for v in values])
-        ax.minorticks_off()
-        what = EXTRA_AXIS_NAMES.get(label, label)
-        ax.set_xlabel(f"{what} (log scale)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{task}: transfer vs {what}")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
-        figs[key] = fig
-
-    # (d) The gap between two models against data size.
-    small, large = gap_models
-    models = set(_distinct(scored, "model"))
-    missing = [m for m in (small, large) if m not in models]
-    gaps: dict[tuple, list[tuple[float, float]]] = {}
-    by_key = {
-        (r["task"], r["model"], r["data_size"], r["complexity"]): _score(r, metric) for r in scored
-    }
-    for (task, model, size, value), y in by_key.items():
-        if model == large and (task, small, size, value) in by_key:
-            gaps.setdefault((task, value), []).append(
-                (size, y - by_key[(task, small, size, value)])
-            )
-    gap_sizes = {x for pts in gaps.values() for x, _ in pts}
-    if missing:
-        notes.append(
-            f"fig_model_gap.png left out: no runs with results of model(s) {missing} "
-            f"(results.gap_models={list(gap_models)}; models here: {sorted(models)})."
-        )
-    elif len(gap_sizes) < 2:
-        notes.append("fig_model_gap.png left out: fewer than two data sizes with both "
-                     f"{small} and {large} results.")  # fmt: skip
-    else:
-        fig = Figure(figsize=(6, 4.2), layout="constrained")
-        ax = fig.subplots()
-        for (task, value), pts in sorted(gaps.items()):
-            xs, ys = zip(*sorted(pts), strict=True)
-            axis = next(r["axis"] for r in scored if r["task"] == task)
-            ax.plot(xs, ys, marker="o", label=f"{task}, {axis}={value}")
-        ax.axhline(0.0, color="gray", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("pretraining images (log scale)")
-        ax.set_ylabel(f"{large} - {small}: {metric} {_unit(rows, metric)}")
-        ax.set_title(f"Model capacity: {large} vs {small} gap vs data size")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small")
-        figs["model_gap"] = fig
+    <task>_<label> per second axis (colorization_bin). ``metric``: a benchmark (its best layer)
+    or benchmark/layer, default ``choose_metric``'s."""
+    measure = choose_metric(rows, metric)
+    scored = [r for r in rows if score(r, measure) is not None]
+    if not scored:
+        return {}, [f"No run has results for {measure or 'any benchmark'}: no figures."]
+    drawn = [("data_size", _data_size(rows, measure))]
+    drawn += [(key, _complexity(rows, task, measure))
+              for task, (key, _, _) in COMPLEXITY_FIGURES.items()]  # fmt: skip
+    labels = sorted({(r["task"], label) for r in scored for label in r.get("extra_axes", {})})
+    drawn += [(f"{task}_{label}", _second_axis(rows, task, label, measure))
+              for task, label in labels]  # fmt: skip
+    drawn.append(("model_gap", _model_gap(rows, measure, gap_models)))
+    figs = {key: fig for key, (fig, _) in drawn if fig is not None}
+    notes = [f"fig_{key}.png left out: {reason}" for key, (fig, reason) in drawn if fig is None]
     return figs, notes
 
 
@@ -481,7 +685,9 @@ def write(
         paths.write_bytes(path, png.getvalue())
         written.append(path)
     metric = choose_metric(rows, metric)
-    notes = [f"Transfer metric in the figures: {metric}, best layer per run."] + notes
+    benchmark, _, layer = metric.partition("/")
+    notes = [f"Transfer metric in the figures: {benchmark}, "
+             + (f"layer {layer}." if layer else "best layer per run.")] + notes  # fmt: skip
     paths.write_text(written[1], markdown(rows, notes))
     return written
 
@@ -494,7 +700,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--sweep_dir", required=True)
     parser.add_argument("--out_dir", default=None, help="default: SWEEP_DIR/results")
-    parser.add_argument("--metric", default=None, help="benchmark of the figures")
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="benchmark of the figures (its best layer), or benchmark/layer (voc07_svm/res4)",
+    )
     parser.add_argument("--lowshot_k", type=int, default=None, help="0: the largest k")
     parser.add_argument("--gap_models", default=None, help="two model names, e.g. alexnet,r50")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

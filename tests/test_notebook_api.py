@@ -1,11 +1,14 @@
 """The library's side of the notebooks: ssl_jax.notebook (configs by spec, the live plot's
-series, throughput, the loss figure), metrics listeners, and the Jigsaw puzzles picture."""
+series, throughput, the loss figure, whether figures are interactive), metrics listeners, and
+the Jigsaw puzzles picture."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
+import types
 
 import jax
 import numpy as np
@@ -161,3 +164,22 @@ def test_plot_losses_without_a_rate_or_a_run(tmp_path):
     assert len(fig.axes) == 1 and fig.get_suptitle() == "t"
     with pytest.raises(ValueError, match=r"no logged loss.*log_every"):
         notebook.plot_losses(str(tmp_path / "nothing"))
+
+
+def test_interactive_only_where_widgets_show(monkeypatch, capsys):
+    """Dropdowns in Colab with ipywidgets, or when asked for; static figures otherwise, saying
+    why."""
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert notebook.interactive("auto") is False
+    assert "Static figures only: not in Colab" in capsys.readouterr().out
+    assert notebook.interactive(True) is True
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert notebook.interactive("auto") is True
+    assert notebook.interactive(False) is False
+    assert "INTERACTIVE = False" in capsys.readouterr().out
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # as if not installed
+    assert notebook.interactive("auto") is False
+    assert notebook.interactive(True) is False
+    assert "ipywidgets is not installed" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="INTERACTIVE='yes'"):
+        notebook.interactive("yes")

@@ -341,3 +341,45 @@ def test_detection_without_data_names_the_fix(tmp_path):
     assert "--- its source ---\nif DEVKIT:" in message and "ConfigError" in message, message[:3000]
     assert f"tfds build voc/2007 --data_dir={tmp_path / 'tfds'}" in message
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("interactive", ["auto", pytest.param(True, marks=pytest.mark.slow)])
+def test_scaling_runs_on_a_cpu(tmp_path, interactive):
+    """The repository's CIFAR-10 axes drawn (no training: about 10 s, so the static run is a
+    default test): static outside Colab ("auto"), and with the dropdowns (True, slow), whose
+    first views the kernel draws into the widgets' outputs."""
+    figures = tmp_path / "figures"
+    notebook = execute(
+        "scaling",
+        {"FIGURES": str(figures), "INTERACTIVE": interactive},
+        str(tmp_path),
+        environ=KERNEL_ENV,
+    )
+    assert_figures(
+        figures,
+        {"scaling_data_size.png", "scaling_model_capacity.png", "scaling_permutations.png",
+         "scaling_colorization_k.png"},
+    )  # fmt: skip
+    text = outputs_text(notebook)
+    assert "24 runs from " in text and "the figures plot voc07_svm by default" in text
+    images = [
+        o for cell in code_cells(notebook) for o in cell.outputs if "image/png" in o.get("data", {})
+    ]
+    widget_outputs = [
+        o
+        for model in notebook.metadata.get("widgets", {})
+        .get("application/vnd.jupyter.widget-state+json", {})
+        .get("state", {})
+        .values()
+        if model["model_name"] == "OutputModel"
+        for o in model["state"].get("outputs", [])
+    ]
+    if interactive == "auto":
+        assert "Static figures only: not in Colab" in text
+        assert len(images) == 4 and not widget_outputs
+    else:
+        assert "Interactive figures" in text and not images
+        errors = [f"{o['ename']}: {o['evalue']}" for o in widget_outputs if "ename" in o]
+        assert not errors, errors
+        drawn = [o for o in widget_outputs if "image/png" in o.get("data", {})]
+        assert len(drawn) == 3  # one view per axis

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import config_lib, sweep, sweep_results
+from ssl_jax import paths as ssl_paths
 from ssl_jax.train import optim as optim_lib
 
 PAPER = "configs/sweeps/paper_axes.py"
@@ -427,6 +428,10 @@ def test_results_cli(fabricated, tmp_path, capsys):
     printed = capsys.readouterr().out.split()
     assert str(out / "runs.md") in printed and str(out / "fig_model_gap.png") in printed
     assert sweep_results.main([f"--sweep_dir={tmp_path / 'missing'}"]) == 2
+    # One layer's figures.
+    assert sweep_results.main(args + ["--metric=voc07_svm/conv1"]) == 0
+    with open(out / "runs.md") as f:
+        assert "Transfer metric in the figures: voc07_svm, layer conv1." in f.read()
 
 
 def test_config_docstrings_document_the_format():
@@ -522,3 +527,112 @@ def test_bin_size_axis_results_and_figure(tmp_path):
         10,
         {"bin": 20},
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# runs.csv read back, and the per-axis figures of the notebook
+
+
+def _plotted(figs):
+    """What each figure shows: per axes its titles and labels, per line its label and points."""
+    return {
+        key: [
+            (ax.get_title(), ax.get_xlabel(), ax.get_ylabel(),
+             [(line.get_label(), list(line.get_xdata()), list(line.get_ydata()))
+              for line in ax.get_lines()])
+            for ax in fig.axes
+        ]
+        for key, fig in figs.items()
+    }  # fmt: skip
+
+
+def _assert_same_plots(got, want):
+    assert set(got) == set(want)
+    for key in want:
+        for (*labels, lines), (*want_labels, want_lines) in zip(got[key], want[key], strict=True):
+            assert labels == want_labels, key
+            assert [(name, x) for name, x, _ in lines] == [(name, x) for name, x, _ in want_lines]
+            for (name, _, y), (_, _, want_y) in zip(lines, want_lines, strict=True):
+                assert y == pytest.approx(want_y, abs=0.005), (key, name)  # the CSV's 2 decimals
+
+
+def test_csv_reads_back_into_the_same_figures(tmp_path):
+    """write_csv -> read_csv draws what the run directories draw, second axis included."""
+    config = sweep.load_sweep(f"{PAPER}:bins,sweep_dir={tmp_path / 'sweep'}")
+    _fabricate(str(tmp_path / "sweep"), sweep.expand(config))
+    rows = sweep_results.collect(str(tmp_path / "sweep"))
+    table = str(tmp_path / "runs.csv")
+    sweep_results.write_csv(rows, table)
+    back = sweep_results.read_csv(table)
+    assert [r["run"] for r in back] == [r["run"] for r in rows]
+    row = next(r for r in back if r["run"] == "colorization_r50_n1000000_K10_bin15")
+    assert (row["data_size"], row["complexity"], row["pretrain_step"]) == (1_000_000, 10, 100)
+    assert sweep_results.off_default(row) == {"bin": 15}
+    assert row["benchmarks"]["places205_linear"]["unit"] == "top-1 (%)"
+    for metric in ("voc07_svm", "voc07_svm/conv1", "places205_linear"):
+        want, want_notes = sweep_results.figures(rows, metric)
+        got, notes = sweep_results.figures(back, metric)
+        assert notes == want_notes == []
+        _assert_same_plots(_plotted(got), _plotted(want))
+    # A results folder reads through its runs.csv, a sweep folder through its run directories.
+    assert [r["run"] for r in sweep_results.read(str(tmp_path))] == [r["run"] for r in rows]
+    assert sweep_results.read(str(tmp_path / "sweep"))[0]["benchmarks"] == rows[0]["benchmarks"]
+    with pytest.raises(FileNotFoundError, match="no runs.csv and no run directories"):
+        sweep_results.read(str(tmp_path / "sweep" / rows[0]["run"]))
+    with open(table, "w") as f:
+        f.write("run,task,model\nx,jigsaw,r50\n")
+    with pytest.raises(ValueError, match=r"no column\(s\) \['data_size', 'axis', 'complexity'\]"):
+        sweep_results.read_csv(table)
+
+
+def test_read_the_repository_results():
+    """The CIFAR-10 axes in the repository (a runs.csv written before the extra_axes column)
+    read back into every figure, per layer as well."""
+    rows = sweep_results.read(os.path.join(sweep.REPO_ROOT, "benchmarks/results/cifar_axes"))
+    assert len(rows) == 24
+    row = next(r for r in rows if r["run"] == "jigsaw_r18_n10000_P1000")
+    svm = row["benchmarks"]["voc07_svm"]
+    assert (svm["best"], svm["best_layer"], svm["layers"]["res5"]) == (41.11, "res2", 20.76)
+    assert "conv2" not in svm["layers"]  # blank cells: layers the r18 trunk does not have
+    figs, notes = sweep_results.figures(rows, gap_models=("alexnet", "r18"))
+    assert notes == [] and set(figs) == {"data_size", "permutations", "colorization_k",
+                                         "model_gap"}  # fmt: skip
+    assert sweep_results.measures(rows)[:2] == [
+        ("voc07_svm: best layer", "voc07_svm"),
+        ("voc07_svm: conv1", "voc07_svm/conv1"),
+    ]
+
+
+def test_read_results_from_a_bucket(gcs_bucket):
+    local = os.path.join(sweep.REPO_ROOT, "benchmarks/results/cifar_axes")
+    with open(os.path.join(local, "runs.csv")) as f:
+        ssl_paths.write_text(f"{gcs_bucket}/cifar_axes/runs.csv", f.read())
+    assert sweep_results.read(f"{gcs_bucket}/cifar_axes") == sweep_results.read(local)
+    with pytest.raises(FileNotFoundError, match="gs://ssl-test/nothing holds no runs.csv"):
+        sweep_results.read(f"{gcs_bucket}/nothing")
+
+
+def test_per_axis_figures_plot_the_chosen_measure(fabricated):
+    rows = sweep_results.collect(fabricated[0])
+    assert ("voc07_svm: res5", "voc07_svm/res5") in sweep_results.measures(rows)
+    # A layer's values, not the best layer's (res4 = conv1 + 12 in the fabricated results).
+    best = _plotted({"f": sweep_results.data_size_figure(rows, "voc07_svm")})["f"]
+    conv1 = _plotted({"f": sweep_results.data_size_figure(rows, "voc07_svm/conv1")})["f"]
+    assert [ax[2] for ax in conv1] == ["voc07_svm mAP (%), conv1"] * 2
+    for (*_, lines), (*_, best_lines) in zip(conv1, best, strict=True):
+        for (_, _, y), (_, _, best_y) in zip(lines, best_lines, strict=True):
+            assert np.allclose(np.array(y) + 12, best_y)
+    jigsaw = sweep_results.complexity_figure(rows, "jigsaw", "voc07_svm/res5").axes[0]
+    colorization = sweep_results.complexity_figure(rows, "colorization").axes[0]
+    assert "|P|" in jigsaw.get_xlabel() and "K" in colorization.get_xlabel()
+    perms = sorted({r["complexity"] for r in rows if r["task"] == "jigsaw"})
+    assert [t.get_text() for t in jigsaw.get_xticklabels()] == [str(p) for p in perms]
+    gap = sweep_results.model_gap_figure(rows, "voc07_lowshot/res5", ("alexnet", "r50")).axes[0]
+    assert gap.get_ylabel() == "r50 - alexnet: voc07_lowshot mAP (%), res5"
+    # Nothing to draw: a figure that says why; a bad choice: an error naming the known ones.
+    note = sweep_results.model_gap_figure(rows, models=("alexnet", "r18"))
+    assert "Nothing to draw: no runs with results of model(s) ['r18']" in note.texts[0].get_text()
+    with pytest.raises(ValueError, match=r"measure='voc07_svm/res9'.*'voc07_svm/res5'"):
+        sweep_results.data_size_figure(rows, "voc07_svm/res9")
+    with pytest.raises(ValueError, match="task='rotation'"):
+        sweep_results.complexity_figure(rows, "rotation")
