@@ -18,7 +18,7 @@ import io
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -74,6 +74,38 @@ def interactive(requested: bool | str = "auto") -> bool:
         return True
     print(f"Static figures only: {reason}.")
     return False
+
+
+def figure_with_dropdowns(
+    draw: Callable[..., Any],
+    path: str,
+    interactive: bool,
+    *,
+    fixed: Mapping[str, Any] | None = None,
+    choices: Mapping[str, tuple[Sequence[Any], Any]] | None = None,
+):
+    """Draws ``draw(**fixed, **defaults)``, saves it as a PNG at ``path`` and shows it; with
+    ``interactive`` (``interactive()``'s answer), shows it with a dropdown per ``choices`` entry
+    (name -> (options, default); an option is a value or a (label, value) pair, as ipywidgets
+    takes them) that redraws it instead. Returns the default figure."""
+    fixed = dict(fixed or {})
+    choices = dict(choices or {})
+    for name, (options, default) in choices.items():
+        values = [o[1] if isinstance(o, tuple) and len(o) == 2 else o for o in options]
+        if default not in values:
+            raise ValueError(f"{name}={default!r} is not one of its options {values}.")
+    figure = draw(**fixed, **{name: default for name, (_, default) in choices.items()})
+    save_figure(figure, path)
+    if not interactive:
+        show_png(path)
+        return figure
+    import ipywidgets  # only with interactive=True: Colab has it
+
+    controls = {name: ipywidgets.fixed(value) for name, value in fixed.items()}
+    for name, (options, default) in choices.items():
+        controls[name] = ipywidgets.Dropdown(options=list(options), value=default, description=name)
+    ipywidgets.interact(draw, **controls)
+    return figure
 
 
 def config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:

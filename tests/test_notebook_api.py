@@ -11,6 +11,7 @@ import sys
 import types
 
 import jax
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
@@ -183,3 +184,24 @@ def test_interactive_only_where_widgets_show(monkeypatch, capsys):
     assert "ipywidgets is not installed" in capsys.readouterr().out
     with pytest.raises(ValueError, match="INTERACTIVE='yes'"):
         notebook.interactive("yes")
+
+
+def test_figure_with_dropdowns_saves_the_default_view(tmp_path):
+    drawn = []
+
+    def draw(rows, measure):
+        drawn.append(measure)
+        fig = plt.figure()
+        fig.gca().plot(rows, [1, 2, 3] if measure == "b" else [3, 2, 1])
+        return fig
+
+    options = [("first", "a"), ("second", "b")]
+    path = str(tmp_path / "figures" / "axis.png")
+    fig = notebook.figure_with_dropdowns(
+        draw, path, False, fixed={"rows": [0, 1, 2]}, choices={"measure": (options, "b")}
+    )
+    assert drawn == ["b"] and fig.gca().lines[0].get_ydata().tolist() == [1, 2, 3]
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="measure='c' is not one of its options"):
+        notebook.figure_with_dropdowns(draw, path, False, choices={"measure": (options, "c")})

@@ -382,4 +382,4 @@ def test_scaling_runs_on_a_cpu(tmp_path, interactive):
         errors = [f"{o['ename']}: {o['evalue']}" for o in widget_outputs if "ename" in o]
         assert not errors, errors
         drawn = [o for o in widget_outputs if "image/png" in o.get("data", {})]
-        assert len(drawn) == 3  # one view per axis
+        assert len(drawn) == 4  # one view per figure, each with its dropdown

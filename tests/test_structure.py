@@ -13,8 +13,16 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "ssl_jax"
 # Imported inside functions on purpose: TensorFlow / TFDS (ssl_jax.data), TensorBoard and gcsfs
 # are heavy and needed only where data is read, events written or a bucket used (accelerator
-# hosts may carry JAX alone); IPython exists only inside a notebook (ssl_jax.notebook).
-HEAVY = ("ssl_jax.data", "tensorflow", "tensorflow_datasets", "tensorboard", "gcsfs", "IPython")
+# hosts may carry JAX alone); IPython and ipywidgets exist only in notebooks (ssl_jax.notebook).
+HEAVY = (
+    "ssl_jax.data",
+    "tensorflow",
+    "tensorflow_datasets",
+    "tensorboard",
+    "gcsfs",
+    "IPython",
+    "ipywidgets",
+)
 
 
 def module_name(path: pathlib.Path) -> str:
