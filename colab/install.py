@@ -7,7 +7,8 @@ It installs the repository in editable mode without its dependencies, then only 
 pyproject.toml's requirements that are missing or too old. Colab's own JAX (built for its TPU or
 GPU) and TensorFlow stay: TensorFlow counts as present when ``tensorflow`` imports, so the
 ``tensorflow-cpu`` wheel that a plain ``pip install -e .`` would lay over Colab's GPU build is
-not installed. ``--dry-run`` prints the pip commands instead of running them.
+not installed; nor is OpenCV when ``cv2`` imports. ``--dry-run`` prints the pip commands
+instead of running them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from packaging.requirements import Requirement
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Distributions that provide the same importable package: present if the module imports.
-SAME_MODULE = {"tensorflow-cpu": "tensorflow", "tensorflow": "tensorflow"}
+SAME_MODULE = {
+    "tensorflow-cpu": "tensorflow",
+    "tensorflow": "tensorflow",
+    "opencv-python-headless": "cv2",  # Colab has opencv-python
+}
 
 
 def installed_version(name: str) -> str | None:

@@ -7,6 +7,9 @@ import ast
 import gc
 import os
 import pathlib
+import re
+import sys
+import tomllib
 
 import pytest
 
@@ -153,3 +156,40 @@ def test_function_level_imports_are_heavy_and_say_so():
                     where = f"{os.path.relpath(path, PACKAGE.parent)}:{node.lineno}"
                     offenders.append(f"{where}: {lines[node.lineno - 1].strip()}")
     assert not offenders, "function-level imports:\n" + "\n".join(offenders)
+
+
+# Top-level modules installed under another distribution's name, or by a declared dependency.
+PROVIDED = {
+    "cv2": "opencv-python-headless",
+    "PIL": "Pillow",
+    "sklearn": "scikit-learn",
+    "joblib": "scikit-learn",  # scikit-learn's own dependency
+    "fsspec": "gcsfs",  # gcsfs pins it
+    "google": "google-cloud-storage",
+    "orbax": "orbax-checkpoint",
+    "etils": "orbax-checkpoint",  # orbax's dependencies
+    "tensorstore": "orbax-checkpoint",
+    "absl": "jax",  # via orbax and TensorFlow
+    "tensorflow": "tensorflow-cpu",
+}
+# Imported inside functions only, where present: notebooks' IPython, the bench extra's torch.
+OPTIONAL = {"IPython", "ipywidgets", "torch"}
+
+
+def test_every_imported_package_is_a_declared_dependency():
+    """A module the package imports at module level is installed by ``pip install -e .``
+    (README command 1): one left to a test extra fails a fresh install at import."""
+    with open(PACKAGE.parent / "pyproject.toml", "rb") as f:
+        dependencies = tomllib.load(f)["project"]["dependencies"]
+    declared = {re.split(r"[<>=;\[ ]", d, maxsplit=1)[0].lower() for d in dependencies}
+    missing = set()
+    for module, path in MODULES.items():
+        for node in parse(path.read_text(), str(path)).body:
+            for target, _ in imported(node, module):
+                top = target.split(".")[0]
+                if top in ("ssl_jax", "__future__") or top in sys.stdlib_module_names:
+                    continue
+                dist = PROVIDED.get(top, top).lower().replace("_", "-")
+                if top not in OPTIONAL and dist not in declared:
+                    missing.add(f"{module} imports {top} ({dist})")
+    assert not missing, f"not in pyproject's [project] dependencies: {sorted(missing)}"
