@@ -19,7 +19,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ssl_jax import paths
 from ssl_jax.colorization.picture import sample_images  # fixed crops of a run's own data
-from ssl_jax.jigsaw import tiles as tiles_lib
 from ssl_jax.jigsaw.task import Jigsaw
 from ssl_jax.train import state as state_lib
 
@@ -35,24 +34,17 @@ def solve(
     """Puzzles of ``images`` (uint8 (B, H, W, 3) crops) and the model's answers.
 
     Returns a dict of NumPy arrays: "tiles" float32 (B, N, T, T, 3) normalised, in slot order
-    (the network's input); "labels" (B,) the true permutation indices; "predicted" (B,) the
-    model's; "probability" (B,) the softmax probability of the predicted index.
+    (the network's input, in RGB whatever config.input.channel_order says); "labels" (B,) the
+    true permutation indices; "predicted" (B,) the model's; "probability" (B,) the softmax
+    probability of the predicted index.
     """
     if task.permutations is None:
         raise ValueError("solve() needs the task's permutation set: call task.fit(workdir) first.")
-    jig = task.config.jigsaw
-    tiles, labels = tiles_lib.make_puzzles(
-        jax.random.PRNGKey(seed),
-        jnp.asarray(images),
-        task.permutations,
-        grid=jig.grid,
-        cell=jig.cell,
-        tile=jig.tile,
-        gray_prob=jig.gray_prob,
-        mean=tuple(task.config.input.mean),
-        std=tuple(task.config.input.std),
-    )
-    network_input = tiles[..., ::-1] if task.config.input.get("channel_order") == "bgr" else tiles
+    # The puzzles exactly as training makes them (the task's own cutting, colouring,
+    # normalisation and channel order); the picture keeps them in RGB.
+    network_input, labels = task.prepare(jax.random.PRNGKey(seed), {"image": jnp.asarray(images)})
+    bgr = task.config.input.get("channel_order", "rgb") == "bgr"
+    tiles = network_input[..., ::-1] if bgr else network_input
     variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
     logits, _ = task.model.apply(jax.device_get(variables), network_input, train=False)
     probabilities = jax.nn.softmax(logits, axis=-1)
