@@ -540,20 +540,31 @@ def _complexity(rows, task, measure) -> tuple[Figure | None, str]:
     series = _series(task_rows, measure, "complexity", ("model", "data_size"))
     if not series:
         return None, f"no model and data size with results at two values of {axis}."
+    lines = {f"{model}, {_size(size)} images": pts for (model, size), pts in series.items()}
+    title = f"{task}: transfer vs problem complexity {AXIS_NAMES[axis].split()[0]}"
+    return _log_axis_figure(
+        lines, values, f"problem complexity {what} (log scale)", _ylabel(rows, measure), title
+    ), ""
+
+
+def _log_axis_figure(
+    lines: dict[str, list], values: Sequence, xlabel: str, ylabel: str, title: str
+) -> Figure:
+    """A line per label (points (x, y)) against a log x axis ticked at ``values``."""
     fig = Figure(figsize=(6, 4.2), layout="constrained")
     ax = fig.subplots()
-    for (model, size), pts in series.items():
+    for label, pts in lines.items():
         xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, marker="o", label=f"{model}, {_size(size)} images")
+        ax.plot(xs, ys, marker="o", label=label)
     ax.set_xscale("log")
     ax.set_xticks(values, [str(v) for v in values])
     ax.minorticks_off()
-    ax.set_xlabel(f"problem complexity {what} (log scale)")
-    ax.set_ylabel(_ylabel(rows, measure))
-    ax.set_title(f"{task}: transfer vs problem complexity {AXIS_NAMES[axis].split()[0]}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    return fig, ""
+    return fig
 
 
 def _second_axis(rows, task, label, measure) -> tuple[Figure | None, str]:
@@ -575,22 +586,15 @@ def _second_axis(rows, task, label, measure) -> tuple[Figure | None, str]:
             f"{axis_rows[0]['axis'] if axis_rows else 'complexity'} with results at two "
             f"values of {label}."
         )
-    fig = Figure(figsize=(6, 4.2), layout="constrained")
-    ax = fig.subplots()
     axis = axis_rows[0]["axis"]
-    for (model, size, value), pts in series.items():
-        xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, marker="o", label=f"{model}, {_size(size)} images, {axis}={value}")
-    ax.set_xscale("log")
-    ax.set_xticks(values, [str(v) for v in values])
-    ax.minorticks_off()
+    lines = {
+        f"{model}, {_size(size)} images, {axis}={value}": pts
+        for (model, size, value), pts in series.items()
+    }
     what = EXTRA_AXIS_NAMES.get(label, label)
-    ax.set_xlabel(f"{what} (log scale)")
-    ax.set_ylabel(_ylabel(rows, measure))
-    ax.set_title(f"{task}: transfer vs {what}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
-    return fig, ""
+    return _log_axis_figure(
+        lines, values, f"{what} (log scale)", _ylabel(rows, measure), f"{task}: transfer vs {what}"
+    ), ""
 
 
 def _model_gap(rows, measure, models) -> tuple[Figure | None, str]:
