@@ -8,10 +8,9 @@ cell fails the caller with that cell's number, source and traceback.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 from unittest import mock
 
@@ -47,21 +46,6 @@ def parameters_index(notebook: nbformat.NotebookNode) -> int:
     if len(tagged) != 1:
         raise AssertionError(f"{len(tagged)} cells tagged {PARAMETERS_TAG!r}; expected one.")
     return tagged[0]
-
-
-@contextlib.contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
-    """The kernel inherits this process's environment: set ``values`` while it starts."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _failure(name: str, notebook: nbformat.NotebookNode, error: Exception) -> str:
@@ -108,7 +92,8 @@ def execute(
     # still recorded in the notebook's widget state.
     no_echo = mock.patch.object(output_widget.OutputWidget, "sync_state", lambda self: None)
     try:
-        with _environ(dict(environ or {})), no_echo:
+        # The kernel inherits this process's environment: ``environ`` is set while it starts.
+        with mock.patch.dict(os.environ, dict(environ or {})), no_echo:
             client.execute()
     except (CellExecutionError, CellTimeoutError) as e:
         raise AssertionError(_failure(name, notebook, e)) from None
